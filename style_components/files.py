@@ -1,0 +1,86 @@
+"""Reading and checking safetensors files: the only way model files are loaded."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from .errors import ModelFileError
+
+
+def read(path, kind: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load every tensor and the metadata of a safetensors file.
+
+    `kind`, when given, must equal the file's `format` metadata entry; it keeps a
+    style space from being loaded as an extractor and vice versa.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(path, "file not found")
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = dict(f.metadata() or {})
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ModelFileError(path, f"not a readable safetensors file ({e})") from None
+    if kind is not None and metadata.get("format") != kind:
+        found = metadata.get("format", "none")
+        raise ModelFileError(path, f"expected a {kind!r} file, its metadata says format={found!r}")
+    return tensors, metadata
+
+
+def write(path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, object]) -> None:
+    """Save tensors with metadata; non-string metadata values are stored as JSON."""
+    from safetensors.torch import save_file
+
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), meta)
+
+
+def require(path, tensors: Mapping[str, torch.Tensor], key: str, shape: tuple[int | None, ...],
+            floating: bool = True) -> torch.Tensor:
+    """Return tensors[key] after checking it exists, has `shape` (None = any size) and a float dtype."""
+    if key not in tensors:
+        raise ModelFileError(path, "missing", key)
+    t = tensors[key]
+    if t.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, t.shape)):
+        want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+        raise ModelFileError(path, f"shape {list(t.shape)} where {want} is required", key)
+    if floating and not t.is_floating_point():
+        raise ModelFileError(path, f"dtype {t.dtype} where a floating-point tensor is required", key)
+    return t
+
+
+def reject_extra(path, tensors: Mapping[str, torch.Tensor], known: set[str]) -> None:
+    """Unknown keys mean the file is not what we think it is: refuse it rather than ignore weights."""
+    extra = sorted(set(tensors) - known)
+    if extra:
+        more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
+        raise ModelFileError(path, f"unexpected key{more}", extra[0])
+
+
+def json_field(path, metadata: Mapping[str, str], key: str, default=None):
+    """Parse one JSON metadata entry, naming it when it is garbled."""
+    if key not in metadata:
+        return default
+    try:
+        return json.loads(metadata[key])
+    except json.JSONDecodeError:
+        raise ModelFileError(path, f"metadata entry {key!r} is not valid JSON") from None
+
+
+def short_hash(path) -> str:
+    """First 8 hex digits of the file's SHA-256, the form A1111 shows for models."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:8]

@@ -1,0 +1,193 @@
+"""Adding the style term to a UNet's cross-attention through forward hooks.
+
+IP-Adapter's decoupled attention makes attn2 output `W_o (attn(Q,K,V) + w * attn(Q,K_ip,V_ip)) + b_o`.
+W_o is linear, so the style part is a separate term `w * W_o attn(Q,K_ip,V_ip)` that a forward
+hook adds to attn2's output, whatever `forward` the host installed (A1111 swaps it for its
+attention optimisations). With one style token the softmax is 1 and the term is a per-row
+constant `w * W_o W_v t`: computed once per style, then one add per layer and step.
+
+Rows: every UNet call is told, per batch row, which style it takes: an index into the
+styles given to `apply`, or NULL for the null style `proj(0)` that uncond rows get.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .adapter import Adapter
+from .errors import IncompatibleModelError, StyleComponentsError
+from .layers import Attn2, find_attn2, preset_weights
+
+NULL = -1  # row index of the null style (the last row of the style table)
+
+RowResolver = Callable[[tuple, dict], Sequence[int]]
+_active: "weakref.WeakKeyDictionary[nn.Module, list[StyleHandle]]" = weakref.WeakKeyDictionary()
+
+
+def cfg_rows(n_images: int, cond_first: bool = True) -> list[int]:
+    """Rows of the usual classifier-free-guidance batch: image i's style, then n null rows."""
+    cond, uncond = list(range(n_images)), [NULL] * n_images
+    return cond + uncond if cond_first else uncond + cond
+
+
+def apply(unet: nn.Module, adapter: Adapter, style_inputs: torch.Tensor, strength: float = 1.0,
+          weights: str | Sequence[float] = "all", start: float = 0.0, end: float = 1.0,
+          rows: Sequence[int] | RowResolver | None = None) -> "StyleHandle":
+    """Hook `adapter` into `unet` with one style per row of `style_inputs` [N, adapter.d_in].
+
+    weights: a preset name (see layers.PRESETS) or one weight per attn2 layer in call order.
+    start/end: the fraction of the sampling schedule with the style on (see `set_progress`).
+    rows: fixed style indices per batch row, or a function (unet args, kwargs) -> indices
+    called before every UNet forward; default: every row takes style `row % N`.
+    """
+    return StyleHandle(unet, adapter, style_inputs, strength, weights, start, end, rows)
+
+
+def remove_all(unet: nn.Module) -> None:
+    """Remove every style hook on `unet`: a safety net before a generation starts."""
+    for handle in list(_active.get(unet, ())):
+        handle.remove()
+
+
+class StyleHandle:
+    def __init__(self, unet, adapter, style_inputs, strength, weights, start, end, rows):
+        layers = find_attn2(unet)
+        _check_fits(adapter, layers)
+        per_layer = preset_weights(weights, layers) if isinstance(weights, str) else [float(w) for w in weights]
+        if len(per_layer) != len(layers):
+            raise ValueError(f"{len(per_layer)} layer weights given, this UNet has {len(layers)} attn2 layers")
+        if not 0.0 <= start <= end <= 1.0:
+            raise ValueError(f"style range {start}-{end}: need 0 <= start <= end <= 1")
+        with torch.no_grad():
+            inputs = torch.as_tensor(style_inputs, dtype=torch.float32).reshape(-1, adapter.d_in)
+            # Style table: one row per style, the null style last so that NULL = -1 indexes it.
+            tokens = adapter(torch.cat([inputs, adapter.null_input()]))
+        self.n_styles = inputs.shape[0]
+        self.start, self.end, self.progress = start, end, 0.0
+        self._rows: torch.Tensor | None = None
+        self._rows_on: dict = {}  # rows copied per (batch, device), once per call, not per layer
+        self._hooks = []
+        for layer, w in zip(layers, per_layer):
+            if strength * w != 0.0:  # a zero weight installs nothing: output stays bit-identical
+                term = _StyleTerm(layer, adapter.layer(layer.key), tokens, strength * w, self)
+                self._hooks.append(layer.module.register_forward_hook(term, with_kwargs=True))
+        if callable(rows):
+            self._hooks.append(unet.register_forward_pre_hook(
+                lambda _, args, kwargs: self.set_rows(rows(args, kwargs)), with_kwargs=True))
+        elif rows is not None:
+            self.set_rows(rows)
+        self._unet = weakref.ref(unet)
+        _active.setdefault(unet, []).append(self)
+
+    @property
+    def active(self) -> bool:
+        return self.start <= self.progress < self.end
+
+    def set_rows(self, rows: Sequence[int] | None) -> None:
+        """Style index per batch row for the next UNet calls (NULL: null style; None: default)."""
+        self._rows_on.clear()
+        if rows is None:
+            self._rows = None
+            return
+        rows = torch.as_tensor(list(rows), dtype=torch.long)
+        if rows.numel() and not bool(((rows >= -1) & (rows < self.n_styles)).all()):
+            raise StyleComponentsError(f"style rows {rows.tolist()}: indices must be {NULL} (null) "
+                                       f"or 0..{self.n_styles - 1}")
+        self._rows = rows
+
+    def set_progress(self, fraction: float) -> None:
+        """Where sampling is (0 = first step, 1 = done); the style is on for start <= fraction < end."""
+        self.progress = float(fraction)
+
+    def rows_for(self, batch: int, device: torch.device) -> torch.Tensor:
+        key = (batch, device)
+        if key not in self._rows_on:
+            rows = self._rows if self._rows is not None else torch.arange(batch) % self.n_styles
+            if rows.numel() != batch:
+                raise StyleComponentsError(f"style rows name {rows.numel()} rows, the UNet was called with {batch}")
+            self._rows_on[key] = rows.to(device)
+        return self._rows_on[key]
+
+    def remove(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+        unet = self._unet()
+        if unet is not None and self in _active.get(unet, ()):
+            _active[unet].remove(self)
+
+    def __enter__(self) -> "StyleHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+class _StyleTerm:
+    """The forward hook of one attn2 layer."""
+
+    def __init__(self, layer: Attn2, values, tokens: torch.Tensor, weight: float, handle: StyleHandle):
+        self.module, self.handle, self.weight = layer.module, handle, weight
+        self.out_proj: nn.Linear = layer.module.to_out[0]
+        self.heads, self.scale = layer.module.heads, getattr(layer.module, "scale", None)
+        with torch.no_grad():
+            self.v = values.to_v_ip(tokens)  # [S, T, inner]
+            self.k = values.to_k_ip(tokens) if tokens.shape[1] > 1 else None
+        self._cache: dict = {}
+
+    def __call__(self, module, args, kwargs, out):
+        if not self.handle.active:
+            return None
+        rows = self.handle.rows_for(out.shape[0], out.device)
+        if self.k is None:
+            return out + self._bias(out)[rows].unsqueeze(1)
+        x = args[0] if args else kwargs.get("x", kwargs.get("hidden_states"))
+        return out + self._attention(x, rows, out)
+
+    def _bias(self, out: torch.Tensor) -> torch.Tensor:
+        """[S, C] = weight * W_o v for each style, in the output's dtype and device.
+
+        Cached per W_o version: hosts (A1111's LoRA) may rewrite W_o in place between calls.
+        """
+        w_o = self.out_proj.weight
+        key = (out.dtype, out.device, w_o._version, w_o.data_ptr())
+        if key not in self._cache:
+            self._cache.clear()
+            with torch.no_grad():
+                bias = self.weight * (self.v[:, 0].to(w_o.device) @ w_o.float().T)
+            self._cache[key] = bias.to(out.device, out.dtype)
+        return self._cache[key]
+
+    def _attention(self, x: torch.Tensor, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Decoupled attention of the layer's queries over the style tokens, through W_o (no bias)."""
+        key = (out.dtype, out.device)
+        if key not in self._cache:
+            self._cache.clear()
+            self._cache[key] = (self.k.to(out.device, out.dtype), self.v.to(out.device, out.dtype))
+        k, v = (t[rows] for t in self._cache[key])
+        q = self.module.to_q(x)
+        b, n, inner = q.shape
+        heads = lambda t: t.reshape(b, -1, self.heads, inner // self.heads).transpose(1, 2)
+        attn = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), scale=self.scale)
+        attn = attn.transpose(1, 2).reshape(b, n, inner)
+        return self.weight * F.linear(attn, self.out_proj.weight.to(attn.dtype))
+
+
+def _check_fits(adapter: Adapter, layers: list[Attn2]) -> None:
+    from .layers import arch
+    if adapter.n_layers != len(layers):
+        raise IncompatibleModelError(
+            f"adapter {adapter.name!r} is for {adapter.arch.upper()} ({adapter.n_layers} cross-attention layers); "
+            f"this UNet is {arch(layers).upper()} ({len(layers)}): choose a matching model")
+    for layer in layers:
+        to_v = layer.module.to_v.weight
+        want = adapter.layer(layer.key).to_v_ip.weight.shape
+        if tuple(to_v.shape) != tuple(want):
+            raise IncompatibleModelError(
+                f"adapter {adapter.name!r} layer {layer.key} has shape {list(want)}, the UNet's "
+                f"{layer.name}.to_v has {list(to_v.shape)}: the adapter is for another base model")

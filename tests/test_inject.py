@@ -1,0 +1,250 @@
+"""Style injection on the real SD1.5 ldm UNet (A1111's class) and on diffusers' UNets.
+
+Tolerances: hooked and reference outputs are both fp32; the fast path sums the style term
+in a different order (W_o (W_v t) precomputed), so they agree to ~1e-6 relative; we allow 1e-4
+of the output's scale and check that the style changes the output by far more than that.
+"""
+
+import pytest
+import torch
+
+from style_components.errors import IncompatibleModelError, StyleComponentsError
+from style_components.inject import NULL, apply, cfg_rows, remove_all
+from style_components.layers import find_attn2, preset_weights
+import reference
+from factories import adapter_for
+from unets import SMALL_SD1_DIFFUSERS, SMALL_SDXL_DIFFUSERS, diffusers_unet
+
+TOL = 1e-4
+
+
+def ldm_inputs(batch, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, 4, 8, 8, generator=g), torch.full((batch,), 500),
+            torch.randn(batch, 77, 768, generator=g))
+
+
+def run_ldm(unet, inputs):
+    x, t, ctx = inputs
+    with torch.no_grad():
+        return unet(x, t, context=ctx)
+
+
+def close(a, b):
+    return (a - b).abs().max().item() <= TOL * b.abs().max().item()
+
+
+def expected(unet, run, inputs, adapter, style_inputs, rows, strength=1.0, weights="all"):
+    """Output of the UNet with the reference attn2 installed instead of hooks."""
+    layers = find_attn2(unet)
+    per_layer = preset_weights(weights, layers) if isinstance(weights, str) else weights
+    with torch.no_grad():
+        table = adapter(torch.cat([style_inputs, adapter.null_input()]))
+    undo = reference.install(layers, adapter, table[torch.tensor(rows)], [strength * w for w in per_layer])
+    try:
+        return run(unet, inputs)
+    finally:
+        undo()
+
+
+@pytest.fixture(scope="module")
+def plain(sd15_ldm):
+    inputs = ldm_inputs(4)
+    return inputs, run_ldm(sd15_ldm, inputs)
+
+
+@pytest.mark.parametrize("tokens", [1, 4])
+def test_ldm_matches_reference_decoupled_attention(sd15_ldm, plain, tokens):
+    inputs, base = plain
+    adapter = adapter_for(sd15_ldm, tokens=tokens)
+    styles = torch.randn(2, 30, generator=torch.Generator().manual_seed(2))
+    rows = [0, 1, NULL, NULL]  # two images with different styles, then their uncond rows
+    with apply(sd15_ldm, adapter, styles, strength=0.8, rows=rows):
+        got = run_ldm(sd15_ldm, inputs)
+    want = expected(sd15_ldm, run_ldm, inputs, adapter, styles, rows, strength=0.8)
+    assert close(got, want)
+    assert (got - base).abs().max() > 100 * TOL * base.abs().max()  # the style did something
+    assert torch.equal(run_ldm(sd15_ldm, inputs), base)  # and left nothing behind
+
+
+def test_uncond_rows_get_the_null_style_and_cond_rows_their_own(sd15_ldm, plain):
+    inputs, base = plain
+    adapter = adapter_for(sd15_ldm)
+    styles = torch.randn(2, 30, generator=torch.Generator().manual_seed(3))
+    with apply(sd15_ldm, adapter, styles, rows=[1, NULL, 0, NULL]):
+        got = run_ldm(sd15_ldm, inputs)
+    # The null style is proj(0): the same as applying an all-zero style input to every row.
+    with apply(sd15_ldm, adapter, adapter.null_input(), rows=[0, 0, 0, 0]):
+        null_everywhere = run_ldm(sd15_ldm, inputs)
+    with apply(sd15_ldm, adapter, styles[[1, 0]], rows=[0, 0, 1, 1]):
+        styled = run_ldm(sd15_ldm, inputs)
+    for row in (1, 3):
+        assert close(got[row], null_everywhere[row])
+    for row in (0, 2):
+        assert close(got[row], styled[row])
+    assert not close(got[0], null_everywhere[0])
+
+
+def test_zero_strength_zero_weights_and_disabled_range_are_bit_identical(sd15_ldm, plain):
+    inputs, base = plain
+    adapter = adapter_for(sd15_ldm)
+    styles = torch.randn(1, 30)
+    for kwargs in (dict(strength=0.0), dict(weights=[0.0] * 16), dict(start=0.5, end=0.5)):
+        with apply(sd15_ldm, adapter, styles, **kwargs):
+            assert torch.equal(run_ldm(sd15_ldm, inputs), base), kwargs
+    with apply(sd15_ldm, adapter, styles, start=0.2, end=0.6) as handle:
+        for progress, on in ((0.0, False), (0.2, True), (0.59, True), (0.6, False), (1.0, False)):
+            handle.set_progress(progress)
+            assert torch.equal(run_ldm(sd15_ldm, inputs), base) != on, progress
+
+
+def test_layer_weights_and_presets_match_reference(sd15_ldm, plain):
+    inputs, base = plain
+    adapter = adapter_for(sd15_ldm, seed=4)
+    styles = torch.randn(1, 30)
+    rows = [0, 0, NULL, NULL]
+    with apply(sd15_ldm, adapter, styles, weights="style", rows=rows):
+        got = run_ldm(sd15_ldm, inputs)
+    assert close(got, expected(sd15_ldm, run_ldm, inputs, adapter, styles, rows, weights="style"))
+    custom = [0.5 * (i % 3) for i in range(16)]
+    with apply(sd15_ldm, adapter, styles, weights=custom, rows=rows):
+        got = run_ldm(sd15_ldm, inputs)
+    assert close(got, expected(sd15_ldm, run_ldm, inputs, adapter, styles, rows, weights=custom))
+
+
+def test_removed_after_an_exception_inside_the_forward(sd15_ldm, plain):
+    inputs, base = plain
+    adapter = adapter_for(sd15_ldm)
+    boom = find_attn2(sd15_ldm)[9].module.register_forward_hook(lambda *a: 1 / 0)
+    try:
+        with pytest.raises(ZeroDivisionError):
+            with apply(sd15_ldm, adapter, torch.randn(1, 30)):
+                run_ldm(sd15_ldm, inputs)
+    finally:
+        boom.remove()
+    assert torch.equal(run_ldm(sd15_ldm, inputs), base)
+    # a wrong row count is a clear error, and also leaves nothing behind
+    with pytest.raises(StyleComponentsError, match="3 rows, the UNet was called with 4"):
+        with apply(sd15_ldm, adapter, torch.randn(1, 30), rows=[0, NULL, NULL]):
+            run_ldm(sd15_ldm, inputs)
+    assert torch.equal(run_ldm(sd15_ldm, inputs), base)
+
+
+def test_remove_all_clears_forgotten_handles(sd15_ldm, plain):
+    inputs, base = plain
+    adapter = adapter_for(sd15_ldm)
+    apply(sd15_ldm, adapter, torch.randn(1, 30))
+    apply(sd15_ldm, adapter, torch.randn(1, 30), weights="style")
+    assert not torch.equal(run_ldm(sd15_ldm, inputs), base)
+    remove_all(sd15_ldm)
+    assert torch.equal(run_ldm(sd15_ldm, inputs), base)
+
+
+def test_hook_survives_a1111_style_forward_replacement(sd15_ldm, plain):
+    """A1111 (modules/sd_hijack_optimizations.py) assigns CrossAttention.forward at class level."""
+    from ldm.modules.attention import CrossAttention
+    inputs, base = plain
+    adapter = adapter_for(sd15_ldm, seed=5)
+    styles, rows = torch.randn(2, 30), [0, 1, NULL, NULL]
+    want = expected(sd15_ldm, run_ldm, inputs, adapter, styles, rows)
+    original = CrossAttention.forward
+
+    def sdp_forward(self, x, context=None, mask=None, **kwargs):  # like A1111's scaled_dot_product_attention_forward
+        context = x if context is None else context
+        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        b, n, c = q.shape
+        split = lambda t: t.reshape(b, -1, self.heads, c // self.heads).transpose(1, 2)
+        out = torch.nn.functional.scaled_dot_product_attention(split(q), split(k), split(v))
+        return self.to_out(out.transpose(1, 2).reshape(b, n, c))
+
+    CrossAttention.forward = sdp_forward
+    try:
+        with apply(sd15_ldm, adapter, styles, rows=rows):
+            got = run_ldm(sd15_ldm, inputs)
+    finally:
+        CrossAttention.forward = original
+    assert close(got, want)
+
+
+def test_rows_resolver_is_asked_on_every_call(sd15_ldm):
+    adapter = adapter_for(sd15_ldm)
+    styles, seen = torch.randn(1, 30), []
+
+    def resolver(args, kwargs):  # a host that works the rows out from each call's batch
+        seen.append(args[0].shape[0])
+        return cfg_rows(1)
+
+    inputs = ldm_inputs(2)
+    with apply(sd15_ldm, adapter, styles, rows=resolver):
+        got = run_ldm(sd15_ldm, inputs)
+    assert seen == [2]
+    assert close(got, expected(sd15_ldm, run_ldm, inputs, adapter, styles, [0, NULL]))
+
+
+def test_lora_style_in_place_weight_change_is_followed(sd15_ldm, plain):
+    """A1111's LoRA rewrites W_o in place during a forward; the cached style term must follow."""
+    inputs, base = plain
+    adapter = adapter_for(sd15_ldm, seed=6)
+    styles, rows = torch.randn(1, 30), [0, 0, NULL, NULL]
+    out_proj = find_attn2(sd15_ldm)[12].module.to_out[0]
+    saved = out_proj.weight.detach().clone()
+    try:
+        with apply(sd15_ldm, adapter, styles, rows=rows):
+            run_ldm(sd15_ldm, inputs)  # caches the term with the old W_o
+            with torch.no_grad():
+                out_proj.weight.mul_(1.5)
+            got = run_ldm(sd15_ldm, inputs)
+        want = expected(sd15_ldm, run_ldm, inputs, adapter, styles, rows)
+    finally:
+        with torch.no_grad():
+            out_proj.weight.copy_(saved)
+    assert close(got, want)
+
+
+def test_mismatched_adapter_is_refused_with_a_clear_message(sd15_ldm):
+    sdxl = diffusers_unet(SMALL_SDXL_DIFFUSERS, device="meta")
+    with pytest.raises(IncompatibleModelError, match=r"for SDXL \(70 cross-attention layers\); this UNet is SD1 \(16\)"):
+        apply(sd15_ldm, adapter_for(sdxl), torch.randn(1, 30))
+    small = diffusers_unet(SMALL_SD1_DIFFUSERS, device="meta")
+    with pytest.raises(IncompatibleModelError, match="another base model"):
+        apply(sd15_ldm, adapter_for(small), torch.randn(1, 30))
+
+
+def run_diffusers(unet, inputs):
+    x, t, ctx = inputs
+    with torch.no_grad():
+        return unet(x, t, encoder_hidden_states=ctx).sample
+
+
+@pytest.mark.parametrize("config,tokens", [(SMALL_SD1_DIFFUSERS, 1), (SMALL_SD1_DIFFUSERS, 4),
+                                           (SMALL_SDXL_DIFFUSERS, 1)])
+def test_diffusers_matches_reference(config, tokens):
+    unet = diffusers_unet(config)
+    g = torch.Generator().manual_seed(7)
+    inputs = (torch.randn(4, 4, 16, 16, generator=g), torch.full((4,), 500),
+              torch.randn(4, 77, config["cross_attention_dim"], generator=g))
+    base = run_diffusers(unet, inputs)
+    adapter = adapter_for(unet, tokens=tokens, d_in=768, hidden=None)
+    styles, rows = torch.randn(2, 768), cfg_rows(2, cond_first=False)  # diffusers puts uncond first
+    with apply(unet, adapter, styles, strength=1.3, rows=rows):
+        got = run_diffusers(unet, inputs)
+    assert close(got, expected(unet, run_diffusers, inputs, adapter, styles, rows, strength=1.3))
+    assert not close(got, base)
+    assert torch.equal(run_diffusers(unet, inputs), base)
+
+
+def test_half_precision_output_keeps_its_dtype():
+    unet = diffusers_unet(SMALL_SD1_DIFFUSERS)
+    g = torch.Generator().manual_seed(8)
+    inputs = (torch.randn(2, 4, 16, 16, generator=g), torch.full((2,), 500), torch.randn(2, 77, 64, generator=g))
+    adapter, styles = adapter_for(unet), torch.randn(1, 30)
+    with apply(unet, adapter, styles, rows=[0, NULL]):
+        full = run_diffusers(unet, inputs)
+    unet.to(torch.bfloat16)
+    half_inputs = (inputs[0].bfloat16(), inputs[1], inputs[2].bfloat16())
+    base = run_diffusers(unet, half_inputs)
+    with apply(unet, adapter, styles, rows=[0, NULL]):
+        half = run_diffusers(unet, half_inputs)
+    assert half.dtype == torch.bfloat16
+    assert not torch.equal(half, base)
+    assert (half.float() - full).abs().max() < 0.1 * full.abs().max()  # bf16 keeps ~3 significant digits
