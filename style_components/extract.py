@@ -1,0 +1,327 @@
+"""Images -> style embedding, with a timm backbone stored as safetensors.
+
+An extractor file holds a timm model's `state_dict()` plus metadata saying how to rebuild
+it (`architecture`, `model_kwargs`) and how to prepare images (`preprocess`, `mean`, `std`);
+`dim` is the embedding size. Nothing is unpickled, and timm is imported only to load one.
+
+Preprocessing reproduces the original release's torchvision pipelines with Pillow alone:
+torchvision's Resize on a PIL image calls `Image.resize(..., BICUBIC)`, so the pixels match
+(tests check this against torchvision itself).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable, Mapping, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from . import files
+from .errors import ModelFileError, StyleComponentsError
+
+FORMAT = "style-components-extractor"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+V03_AREA = (518 * 1.3) ** 2  # target pixel count of v0.3 inputs
+PATCH = 14                   # v0.3 sizes are whole ViT patches
+V02_SHORT_SIDE = 336
+
+ImageInput = Union[Image.Image, str, Path, np.ndarray]
+
+
+# --- preprocessing: small pure functions on PIL images ------------------------------------
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB copy of `image`; transparent images are composited on white.
+
+    Transparent pixels keep arbitrary colours (often black) that a plain convert("RGB")
+    would reveal; artwork with a transparent background is meant to be seen on a white page.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
+
+
+def _resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    # torchvision returns the image untouched when the size is unchanged; so does this.
+    return image if image.size == size else image.resize(size, Image.Resampling.BICUBIC)
+
+
+def _aspect_error(a: float, b: float) -> float:
+    return 1 - min(a, b) / max(a, b)
+
+
+def v03_grid(w: int, h: int, area: float = V03_AREA, d: int = PATCH) -> tuple[int, int]:
+    """(W, H) in patches of `d` px for a w x h image: 14^2*W*H <= area, aspect closest to w/h.
+
+    Ties go to the first candidate in (i, j) order, as in the original's `min`.
+    """
+    s = math.sqrt(area / (w * h))
+    w0, h0 = math.floor(s * w / d), math.floor(s * h / d)
+    candidates = [(w0 + i, h0 + j) for i in (0, 1) for j in (0, 1)]
+    # A zero-sized side would be an empty image (the original crashed on such inputs).
+    fitting = [(gw, gh) for gw, gh in candidates if gw > 0 and gh > 0 and d * d * gw * gh <= area]
+    if not fitting:
+        raise ValueError(f"a {w}x{h} image is too elongated for v0.3 preprocessing")
+    return min(fitting, key=lambda g: _aspect_error(g[0] / g[1], w / h))
+
+
+def cover_and_crop(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Bicubic resize so the image covers width x height, then centre-crop to it."""
+    w, h = image.size
+    if width / w > height / h:
+        size = (width, int(h * width / w))
+    else:
+        size = (int(w * height / h), height)
+    image = _resize(image, size)
+    # torchvision's CenterCrop rounding
+    left = int(round((size[0] - width) / 2.0))
+    top = int(round((size[1] - height) / 2.0))
+    return image.crop((left, top, left + width, top + height))
+
+
+def resize_v03(image: Image.Image) -> Image.Image:
+    """v0.3: about (518*1.3)^2 px, sides multiples of 14, aspect kept as well as the grid allows."""
+    gw, gh = v03_grid(*image.size)
+    return cover_and_crop(image, PATCH * gw, PATCH * gh)
+
+
+def resize_v02(image: Image.Image) -> Image.Image:
+    """v0.2: short side to 336, aspect kept, no crop (torchvision Resize(336))."""
+    w, h = image.size
+    short, long = min(w, h), max(w, h)
+    long = int(V02_SHORT_SIDE * long / short)
+    return _resize(image, (V02_SHORT_SIDE, long) if w <= h else (long, V02_SHORT_SIDE))
+
+
+PREPROCESS: dict[str, Callable[[Image.Image], Image.Image]] = {"v0.2": resize_v02, "v0.3": resize_v03}
+
+
+def to_tensor(image: Image.Image, mean: Sequence[float] = IMAGENET_MEAN,
+              std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """RGB PIL image -> normalised float32 [3, H, W] (ToTensor then Normalize)."""
+    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div(255)
+    m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    return (x - m) / s
+
+
+def preprocess_image(image: Image.Image, name: str, mean: Sequence[float] = IMAGENET_MEAN,
+                     std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """Image -> the [3, H, W] tensor the `name` preprocessing ("v0.2" or "v0.3") gives."""
+    if name not in PREPROCESS:
+        raise ValueError(f"unknown preprocessing {name!r}; known: {', '.join(sorted(PREPROCESS))}")
+    return to_tensor(PREPROCESS[name](to_rgb(image)), mean, std)
+
+
+# --- inputs --------------------------------------------------------------------------------
+
+def load_image(source: ImageInput) -> Image.Image:
+    """A PIL image, an image file path or an HxWx3 (or x4) uint8 array -> RGB PIL image."""
+    if isinstance(source, Image.Image):
+        return to_rgb(source)
+    if isinstance(source, (str, Path)):
+        try:
+            with Image.open(source) as im:
+                # Apply EXIF rotation so the image is the one a viewer (and the UI) shows.
+                return to_rgb(ImageOps.exif_transpose(im))
+        except (OSError, UnidentifiedImageError) as e:
+            raise StyleComponentsError(f"{source}: cannot read the image ({e})") from None
+    if isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or source.ndim != 3 or source.shape[2] not in (3, 4):
+            raise ValueError(f"an image array must be HxWx3 (or HxWx4) uint8, "
+                             f"got shape {source.shape} dtype {source.dtype}")
+        return to_rgb(Image.fromarray(source))
+    raise TypeError(f"expected a PIL image, a path or a numpy array, got {type(source).__name__}")
+
+
+def image_key(image: Image.Image) -> str:
+    """Content hash: equal pixels give equal keys whatever object holds them."""
+    h = hashlib.sha256(f"{image.mode}:{image.size[0]}x{image.size[1]}:".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
+def _check_weights(weights: Sequence[float] | None, n: int) -> list[float]:
+    if weights is None:
+        return [1.0] * n
+    w = [float(x) for x in weights]
+    if len(w) != n:
+        raise ValueError(f"{len(w)} weights given for {n} images")
+    for i, x in enumerate(w):
+        if not math.isfinite(x) or x < 0:
+            raise ValueError(f"image weights must be finite and non-negative; weight {i} is {x}")
+    if sum(w) <= 0:
+        raise ValueError("at least one image weight must be positive")
+    return w
+
+
+# --- the extractor -------------------------------------------------------------------------
+
+class Extractor:
+    """A backbone plus its preprocessing; embeddings are cached by image content."""
+
+    def __init__(self, model: torch.nn.Module, preprocess: str, dim: int,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 name: str = "", source: str = "<in memory>", cache_size: int = 256):
+        if preprocess not in PREPROCESS:
+            raise ValueError(f"unknown preprocessing {preprocess!r}; known: {', '.join(sorted(PREPROCESS))}")
+        self.model = model.eval().requires_grad_(False)
+        self.preprocess, self.dim, self.name, self.source = preprocess, int(dim), name, str(source)
+        self.mean, self.std = tuple(mean), tuple(std)
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()  # the UI and the API may extract at the same time
+
+    # -- files --
+
+    @staticmethod
+    def save(model: torch.nn.Module, path, architecture: str, model_kwargs: Mapping[str, object],
+             preprocess: str, mean: Sequence[float] = IMAGENET_MEAN,
+             std: Sequence[float] = IMAGENET_STD, name: str | None = None) -> None:
+        """Write `model` (a timm model built as `architecture` with `model_kwargs`) as an extractor file."""
+        if preprocess not in PREPROCESS:
+            raise ValueError(f"unknown preprocessing {preprocess!r}; known: {', '.join(sorted(PREPROCESS))}")
+        # timm's convention: the head's size, or the pooled features' when there is no head.
+        dim = getattr(model, "num_classes", 0) or model.num_features
+        files.write(path, model.state_dict(), {
+            "format": FORMAT, "architecture": architecture, "model_kwargs": dict(model_kwargs),
+            "preprocess": preprocess, "dim": int(dim), "mean": list(mean), "std": list(std),
+            "name": name or Path(path).stem})
+
+    @classmethod
+    def load(cls, path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+             cache_size: int = 256) -> "Extractor":
+        tensors, meta = files.read(path, FORMAT)
+        for entry in ("architecture", "model_kwargs", "preprocess", "dim"):
+            if entry not in meta:
+                raise ModelFileError(path, f"metadata entry {entry!r} is missing")
+        kwargs = files.json_field(path, meta, "model_kwargs")
+        if not isinstance(kwargs, dict):
+            raise ModelFileError(path, "metadata entry 'model_kwargs' must be a JSON object")
+        preprocess = meta["preprocess"]
+        if preprocess not in PREPROCESS:
+            raise ModelFileError(path, f"metadata entry 'preprocess' is {preprocess!r}; "
+                                       f"known: {', '.join(sorted(PREPROCESS))}")
+        dim = files.json_field(path, meta, "dim")
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
+            raise ModelFileError(path, f"metadata entry 'dim' must be a positive integer, not {meta['dim']!r}")
+        mean = _channel_values(path, meta, "mean", IMAGENET_MEAN)
+        std = _channel_values(path, meta, "std", IMAGENET_STD)
+        if min(std) <= 0:
+            raise ModelFileError(path, "metadata entry 'std' must be positive")
+
+        model = _build_model(path, meta["architecture"], kwargs)
+        _load_weights(path, model, tensors)
+        # v0.3 sizes vary per image: a ViT must interpolate its position embeddings.
+        if preprocess == "v0.3" and getattr(model, "dynamic_img_size", True) is False:
+            raise ModelFileError(path, "v0.3 preprocessing needs variable input sizes: add "
+                                       "\"dynamic_img_size\": true to metadata entry 'model_kwargs'")
+        model.to(device=device, dtype=dtype)
+        return cls(model, preprocess, dim, mean, std, meta.get("name") or Path(path).stem,
+                   source=str(path), cache_size=cache_size)
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "Extractor":
+        """Move the backbone (e.g. to the CPU to free VRAM); cached embeddings are kept."""
+        self.model.to(device=device, dtype=dtype)
+        param = next(self.model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        return self
+
+    # -- embeddings --
+
+    def embed_one(self, image: ImageInput) -> torch.Tensor:
+        """The [D] float32 CPU embedding of one image."""
+        rgb = load_image(image)
+        key = image_key(rgb)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key].clone()
+        x = preprocess_image(rgb, self.preprocess, self.mean, self.std)
+        with torch.inference_mode():
+            out = self.model(x.unsqueeze(0).to(self.device, self.dtype))
+        if tuple(out.shape) != (1, self.dim):
+            raise ModelFileError(self.source, f"the backbone returns shape {list(out.shape)}, "
+                                              f"metadata entry 'dim' says [1, {self.dim}]")
+        # clone outside inference mode: a normal tensor callers may use with autograd
+        embedding = out[0].to("cpu", torch.float32).clone()
+        with self._lock:
+            self._cache[key] = embedding
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return embedding.clone()
+
+    def embed(self, images: ImageInput | Sequence[ImageInput],
+              weights: Sequence[float] | None = None) -> torch.Tensor:
+        """Weighted mean [D] of the images' embeddings (equal weights by default).
+
+        Images run one at a time (v0.3 sizes differ, so they cannot be batched);
+        an image with weight 0 is skipped without being read.
+        """
+        if isinstance(images, (Image.Image, str, Path, np.ndarray)):
+            images = [images]
+        images = list(images)
+        if not images:
+            raise ValueError("no images given")
+        w = _check_weights(weights, len(images))
+        used = [(image, x) for image, x in zip(images, w) if x > 0]
+        stacked = torch.stack([self.embed_one(image) for image, _ in used])
+        coefficients = torch.tensor([x for _, x in used], dtype=torch.float32)
+        return (coefficients[:, None] * stacked).sum(0) / coefficients.sum()
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+
+def _channel_values(path, meta: Mapping[str, str], entry: str, default: Sequence[float]) -> tuple[float, ...]:
+    values = files.json_field(path, meta, entry, list(default))
+    if (not isinstance(values, list) or len(values) != 3
+            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)):
+        raise ModelFileError(path, f"metadata entry {entry!r} must be a list of 3 numbers (R, G, B)")
+    return tuple(float(v) for v in values)
+
+
+def _build_model(path, architecture: str, kwargs: dict) -> torch.nn.Module:
+    try:
+        import timm
+    except ImportError as e:
+        raise StyleComponentsError(f"loading the style extractor {path} needs timm "
+                                   f"(pip install timm): {e}") from None
+    # is_model also refuses "hf-hub:..." names, which would make timm download a config.
+    if not timm.is_model(architecture):
+        raise ModelFileError(path, f"metadata entry 'architecture' names {architecture!r}, "
+                                   f"which timm {timm.__version__} does not know")
+    try:
+        return timm.create_model(architecture, pretrained=False, **kwargs)
+    except (TypeError, ValueError, RuntimeError, AssertionError, KeyError) as e:
+        raise ModelFileError(path, f"timm cannot build {architecture!r} with metadata entry "
+                                   f"'model_kwargs' {kwargs}: {e}") from None
+
+
+def _load_weights(path, model: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Strict load, with the first offending key named instead of torch's long message."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in tensors]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise ModelFileError(path, f"missing{more}: the model built from the metadata has this weight",
+                             missing[0])
+    files.reject_extra(path, tensors, set(expected))
+    for k, t in expected.items():
+        if tensors[k].shape != t.shape:
+            raise ModelFileError(path, f"shape {list(tensors[k].shape)} where the model has {list(t.shape)}", k)
+    model.load_state_dict(dict(tensors), strict=True)
