@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .errors import IncompatibleModelError
 
@@ -19,6 +18,9 @@ _DIFFUSERS = re.compile(r"(down|up)_blocks\.(\d+)\.attentions\.(\d+)\.transforme
 _DIFFUSERS_MID = re.compile(r"mid_block\.attentions\.(\d+)\.transformer_blocks\.(\d+)\.attn2$")
 _LDM = re.compile(r"(input|output)_blocks\.(\d+)\.\d+\.transformer_blocks\.(\d+)\.attn2$")
 _LDM_MID = re.compile(r"middle_block\.\d+\.transformer_blocks\.(\d+)\.attn2$")
+if TYPE_CHECKING:  # torch is not imported here: params.py reads PRESET_NAMES without loading it
+    from torch import nn
+
 _CALL_ORDER = {"down": 0, "mid": 1, "up": 2}
 _KEY_ORDER = {"down": 0, "up": 1, "mid": 2}
 
