@@ -1,0 +1,123 @@
+"""Command line: `python -m style_components COMMAND ...` (or `style-components COMMAND ...`).
+
+Each command is one `_add_*` function that registers its subparser and the function to run;
+heavy modules (torch, timm) are imported inside those functions, so `--help` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from .errors import StyleComponentsError
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"img_size\": 518}'")
+    return value
+
+
+# --- convert ------------------------------------------------------------------------------
+
+def _convert_space(args: argparse.Namespace) -> None:
+    from .convert import convert_space
+
+    space = convert_space(args.src, args.dst, name=args.name, extractor=args.extractor)
+    print(f"wrote {args.dst}: style space {space.name!r}, {space.k} components of {space.d}-d embeddings")
+
+
+def _convert_extractor(args: argparse.Namespace) -> None:
+    from .convert import convert_extractor
+
+    meta = convert_extractor(args.src, args.dst, preprocess=args.preprocess, architecture=args.architecture,
+                             model_kwargs=args.model_kwargs, name=args.name)
+    print(f"wrote {args.dst}: extractor {meta['architecture']}, {meta['dim']}-d, preprocess {meta['preprocess']}")
+
+
+def _add_convert(commands: argparse._SubParsersAction) -> None:
+    convert = commands.add_parser(
+        "convert", help="convert the original author's pickled releases to safetensors (safely)",
+        description="Convert a pickled release file once, refusing anything but the model data it should hold.")
+    kinds = convert.add_subparsers(dest="kind", required=True, metavar="KIND")
+
+    space = kinds.add_parser("space", help="PCA file, a pickled (sklearn PCA, std) -> style-space file")
+    space.add_argument("src", help="the original PCA pickle")
+    space.add_argument("dst", help="the .safetensors file to write")
+    space.add_argument("--name", help="display name (default: DST's file name)")
+    space.add_argument("--extractor", default="", help="name of the extractor whose embeddings it describes")
+    space.set_defaults(run=_convert_space)
+
+    extractor = kinds.add_parser("extractor", help="whole pickled timm model -> extractor file")
+    extractor.add_argument("src", help="the original model file (torch.save of the module)")
+    extractor.add_argument("dst", help="the .safetensors file to write")
+    extractor.add_argument("--preprocess", choices=("v0.2", "v0.3"), default="v0.3",
+                           help="image preprocessing of the release (default: v0.3)")
+    extractor.add_argument("--architecture", help="timm model name, when the file does not record it")
+    extractor.add_argument("--model-kwargs", type=_json_object, metavar="JSON",
+                           help="timm.create_model arguments, for models they cannot be derived from")
+    extractor.add_argument("--name", help="display name (default: DST's file name)")
+    extractor.set_defaults(run=_convert_extractor)
+
+
+# --- training (style_components.train: icon-theme dataset, encoder, style space, atlas) ----
+
+def _train_command(module: str):
+    """run(args) of style_components.train.<module>, imported only when the command runs."""
+    def run(args: argparse.Namespace) -> None:
+        import importlib
+        importlib.import_module(f"style_components.train.{module}").run(args)
+    return run
+
+
+def _fit(args: argparse.Namespace) -> None:
+    import json as _json
+    from .train.fit import train
+    print(_json.dumps(train(args)))
+
+
+def _add_training(commands: argparse._SubParsersAction) -> None:
+    from .train import commands as train_args  # argparse only: heavy imports wait in run()
+
+    for name, module, help_text, add, run in (
+            ("dataset", "dataset", "build the icon-theme dataset from installed themes",
+             train_args.dataset_arguments, _train_command("dataset")),
+            ("train", "fit", "train a style encoder with SupCon (accelerate; resumable)",
+             train_args.fit_arguments, _fit),
+            ("evaluate", "evaluate", "held-out kNN theme accuracy, content probe and baseline (JSON)",
+             train_args.evaluate_arguments, _train_command("evaluate")),
+            ("pca", "pca", "fit a style space (PCA) on an extractor's embeddings",
+             train_args.pca_arguments, _train_command("pca")),
+            ("atlas", "atlas", "per-component icon strips and the explained-variance plot",
+             train_args.atlas_arguments, _train_command("atlas"))):
+        sub = commands.add_parser(name, help=help_text,
+                                  description=f"{help_text} (style_components.train.{module}; see its docstring)")
+        add(sub)
+        sub.set_defaults(run=run)
+
+
+# --- entry point --------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="style-components", description="Style Components tools.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_convert(commands)
+    _add_training(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a user-fixable error prints one line and returns 2 (argparse's code for bad usage)."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (StyleComponentsError, OSError) as e:
+        print(f"style-components: error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,390 @@
+"""One-time, safe conversion of the original author's pickled releases to safetensors.
+
+The original style space (a pickled `(sklearn PCA, std)` tuple) and style extractor (a whole
+pickled timm module) can only be read by unpickling, and unpickling runs whatever callable
+the file names. Here every global a pickle asks for is checked against an allow-list before
+it is imported, so a malicious file is refused (`UnsafePickleError`) before any of it runs.
+The original adapters are safetensors already and need no conversion.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import json
+import math
+import pickle
+import types
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from . import files
+from .errors import ModelFileError, StyleComponentsError, UnsafePickleError
+from .space import StyleSpace
+
+# --- the restricted unpickler -------------------------------------------------------------
+
+# Exact "module.name" globals a release file may name. Each is data, or rebuilds data.
+_ALLOWED = frozenset({
+    "builtins.set",                              # plain containers and numbers
+    "builtins.frozenset",
+    "builtins.slice",
+    "builtins.complex",
+    "builtins.bytearray",
+    "collections.OrderedDict",                   # nn.Module's parameter/buffer/module dicts
+    "torch._utils._rebuild_tensor_v2",           # every tensor in a torch.save file
+    "torch._utils._rebuild_parameter",           # nn.Parameter
+    "torch._utils._rebuild_parameter_with_state",  # nn.Parameter carrying Python attributes
+    "numpy.ndarray",                             # numpy arrays (the PCA's fitted attributes)
+    "numpy.dtype",
+    "numpy._core.multiarray._reconstruct",       # ndarray reconstruction, numpy >= 2 name
+    "numpy.core.multiarray._reconstruct",        # ... numpy 1 name
+    "numpy._core.multiarray.scalar",             # numpy scalars (e.g. PCA.noise_variance_)
+    "numpy.core.multiarray.scalar",
+    "numpy._core.numeric._frombuffer",           # arrays in pickle protocol 5
+    "numpy.core.numeric._frombuffer",
+    "sklearn.decomposition._pca.PCA",            # the style space's PCA object
+})
+# Packages whose nn.Module classes (and enums, e.g. timm's Format) a pickled model is made of.
+_MODULE_PACKAGES = ("torch.nn.modules", "timm")
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """Stands in for `_codecs.encode`: protocol 2 stores bytes as latin-1 text; no other codec is needed."""
+    if encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError(f"refused _codecs.encode with codec {encoding!r}")
+    return text.encode("latin1")
+
+
+_SUBSTITUTES = {"_codecs.encode": _latin1_encode}
+
+
+def _import(module: str, name: str) -> Any:
+    with warnings.catch_warnings():  # numpy.core is a deprecated alias of numpy._core
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return getattr(importlib.import_module(module), name)
+
+
+def _in_packages(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+def resolve_global(module: str, name: str) -> Any:
+    """The object a pickle's global `module.name` stands for, if the allow-list admits it."""
+    module = "builtins" if module == "__builtin__" else module  # protocol 2 writes Python 2's name
+    key = f"{module}.{name}"
+    if key in _SUBSTITUTES:
+        return _SUBSTITUTES[key]
+    if key in _ALLOWED:
+        return _import(module, name)
+    # Identifiers only: pickle would walk a dotted name such as "Linear.__init__.__globals__".
+    identifiers = all(part.isidentifier() for part in (*module.split("."), name))
+    if identifiers and not name.startswith("_"):
+        if module == "torch" and isinstance(vars(torch).get(name), torch.dtype):
+            return vars(torch)[name]  # dtypes held as module attributes
+        if _in_packages(module, _MODULE_PACKAGES):
+            obj = _import(module, name)
+            if isinstance(obj, type) and issubclass(obj, (torch.nn.Module, enum.Enum)):
+                return obj
+    raise UnsafePickleError(f"refused to load {key}: it is not on the converter's allow-list "
+                            f"(a genuine release never needs it, so the file may be malicious)")
+
+
+class RestrictedUnpickler(pickle._Unpickler):
+    """An unpickler that builds only allow-listed globals.
+
+    The pure-Python unpickler is used for its dispatch table: BUILD onto a global itself
+    (a class or function, rather than an instance of one) would let a file rewrite
+    installed classes' attributes, so it is refused too.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, file, **kwargs) -> None:
+        super().__init__(file, **kwargs)
+        self._globals: set[int] = set()
+
+    def find_class(self, module: str, name: str) -> Any:
+        obj = resolve_global(module, name)
+        self._globals.add(id(obj))
+        return obj
+
+    def load_build(self) -> None:
+        target = self.stack[-2]
+        if id(target) in self._globals:
+            raise UnsafePickleError(f"refused to set attributes of {getattr(target, '__qualname__', target)!r}")
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+
+def restricted_load(file, **kwargs) -> Any:
+    return RestrictedUnpickler(file, **kwargs).load()
+
+
+# What torch.load needs of a pickle module: `Unpickler`, `load`, and a name for its dill check.
+_PICKLE_MODULE = types.SimpleNamespace(__name__=__name__, Unpickler=RestrictedUnpickler, load=restricted_load)
+
+
+def load_pickle(path) -> Any:
+    """Read a plain pickle or a torch.save file (zip or legacy format), building only allow-listed objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(path, "file not found")
+    try:
+        if zipfile.is_zipfile(path):
+            _refuse_torchscript(path)
+            return _torch_load(path)
+        with open(path, "rb") as f:
+            obj = restricted_load(f)
+        # A legacy torch.save file is a series of pickles, the first being torch's magic number.
+        return _torch_load(path) if type(obj) is int and obj == torch.serialization.MAGIC_NUMBER else obj
+    except UnsafePickleError as e:
+        raise UnsafePickleError(f"{path}: {e}") from None
+    except StyleComponentsError:
+        raise
+    except ImportError as e:
+        raise ModelFileError(path, f"needs {e.name or e}, which is not installed") from None
+    except Exception as e:  # whatever a truncated or foreign file makes the unpickler raise
+        raise ModelFileError(path, f"not a readable pickle or torch.save file ({type(e).__name__}: {e})") from None
+
+
+def _refuse_torchscript(path: Path) -> None:
+    # torch.load hands TorchScript archives to torch.jit.load, which our unpickler would not see.
+    with zipfile.ZipFile(path) as z:
+        if any(n.rsplit("/", 1)[-1] == "constants.pkl" for n in z.namelist()):
+            raise ModelFileError(path, "is a TorchScript archive, not a torch.save file")
+
+
+def _torch_load(path: Path) -> Any:
+    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_PICKLE_MODULE)
+
+
+# --- style space --------------------------------------------------------------------------
+
+def convert_space(src, dst, name: str | None = None, extractor: str = "") -> StyleSpace:
+    """Convert the original PCA file, a pickled `(sklearn PCA, std)`, to a style-space file.
+
+    The first K = n_components_ components are kept, with their standard deviations, so
+    that `to_components(e) == pca.transform(e) / std[:K]` (the PCA is not whitened).
+    """
+    obj = load_pickle(src)
+    if not (isinstance(obj, (tuple, list)) and len(obj) == 2 and hasattr(obj[0], "components_")):
+        raise ModelFileError(src, f"expected a pickled (PCA, std) pair, found {type(obj).__name__}")
+    pca, std = obj
+    components = _float_array(src, pca.components_, "the PCA's components_")
+    k = int(getattr(pca, "n_components_", None) or components.shape[0])
+    mean = _float_array(src, getattr(pca, "mean_", None), "the PCA's mean_")
+    std = _float_array(src, std, "std").reshape(-1)
+    if components.ndim != 2 or k > components.shape[0] or mean.shape != (components.shape[1],):
+        raise ModelFileError(src, f"PCA with components {list(components.shape)} and mean {list(mean.shape)} "
+                                  f"cannot give {k} components")
+    if std.shape[0] < k or not np.all(std[:k] > 0):
+        raise ModelFileError(src, f"needs {k} positive standard deviations, found {std.shape[0]} "
+                                  f"(the smallest of the first {k}: {std[:k].min(initial=np.inf):.3g})")
+    space = StyleSpace(torch.from_numpy(mean).float(), torch.from_numpy(components[:k]).float(),
+                       torch.from_numpy(std[:k]).float(), extractor=extractor, name=name or "")
+    space.save(dst)
+    return StyleSpace.load(dst)
+
+
+def _float_array(src, value, what: str) -> np.ndarray:
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ModelFileError(src, f"{what} is a {type(value).__name__}, not an array of numbers") from None
+
+
+# --- style extractor ----------------------------------------------------------------------
+
+def convert_extractor(src, dst, preprocess: str = "v0.3", architecture: str | None = None,
+                      model_kwargs: Mapping[str, Any] | None = None, name: str | None = None) -> dict[str, Any]:
+    """Convert the original extractor, a whole pickled timm module, to an extractor file.
+
+    The file holds the module's state_dict and how to rebuild it with
+    `timm.create_model(architecture, pretrained=False, **model_kwargs)`. `model_kwargs`
+    is derived from a VisionTransformer; other models need it given. The rebuilt model
+    must load the weights strictly and reproduce the module's output before anything is
+    written. Returns the metadata written.
+    """
+    from .extract import FORMAT, IMAGENET_MEAN, IMAGENET_STD, PREPROCESS
+
+    if preprocess not in PREPROCESS:
+        raise StyleComponentsError(f"unknown preprocessing {preprocess!r}; known: {', '.join(sorted(PREPROCESS))}")
+    model = load_pickle(src)
+    if not isinstance(model, torch.nn.Module):
+        raise ModelFileError(src, f"holds a {type(model).__name__}, not a whole model saved with torch.save(model)")
+    model.float().eval()  # the file holds float32 weights; compare in the same precision
+    cfg = _pretrained_cfg(model)
+    architecture = architecture or cfg.get("architecture")
+    if not architecture:
+        raise ModelFileError(src, "does not say which timm architecture it is: give its name "
+                                  "(--architecture, e.g. vit_base_patch14_dinov2)")
+    if model_kwargs is None:
+        kwargs = _vit_kwargs(src, model)
+        if preprocess == "v0.3" and not kwargs["dynamic_img_size"]:
+            # v0.3 feeds each image at its own size; at the saved size the output is unchanged (checked below).
+            warnings.warn(f"{src}: enabling dynamic_img_size, which v0.3 preprocessing needs")
+            kwargs["dynamic_img_size"] = True
+    else:
+        kwargs = dict(model_kwargs)
+    state = model.state_dict()
+    rebuilt = _rebuild(src, architecture, kwargs, state)
+    if preprocess == "v0.3" and getattr(rebuilt, "dynamic_img_size", True) is False:
+        raise ModelFileError(src, "v0.3 preprocessing needs variable input sizes: add "
+                                  "\"dynamic_img_size\": true to the model arguments")
+    dim = _check_outputs(src, model, rebuilt, _dummy_input(model, cfg), architecture, kwargs)
+    metadata = {"format": FORMAT, "architecture": architecture, "model_kwargs": kwargs,
+                "preprocess": preprocess, "dim": dim,
+                "mean": [float(v) for v in cfg.get("mean", IMAGENET_MEAN)],
+                "std": [float(v) for v in cfg.get("std", IMAGENET_STD)],
+                "name": name or Path(dst).stem}
+    files.write(dst, state, metadata)
+    return metadata
+
+
+def _pretrained_cfg(model: torch.nn.Module) -> dict:
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _is_on(module: torch.nn.Module | None) -> bool:
+    """Whether an optional submodule is present (timm puts nn.Identity, or None, where it is off)."""
+    return module is not None and not isinstance(module, torch.nn.Identity)
+
+
+def _pair(size) -> int | list[int]:
+    size = [int(s) for s in (size if isinstance(size, (tuple, list)) else (size, size))]
+    return size[0] if size[0] == size[1] else size
+
+
+def _mlp_ratio(hidden: int, dim: int) -> float:
+    # timm builds int(dim * mlp_ratio) hidden units: nudge the ratio up until the product lands on `hidden`.
+    ratio = hidden / dim
+    while int(dim * ratio) < hidden:
+        ratio = math.nextafter(ratio, math.inf)
+    return ratio
+
+
+_ACTIVATIONS = {"GELU": "gelu", "GELUTanh": "gelu_tanh", "QuickGELU": "quick_gelu", "SiLU": "silu"}
+
+
+def _unsupported(src, what: str) -> ModelFileError:
+    return ModelFileError(src, f"{what}: the timm arguments cannot be derived from it, give them as JSON "
+                               f"(--model-kwargs, with --architecture)")
+
+
+def _activation(src, act: torch.nn.Module) -> str:
+    name = type(act).__name__
+    if name == "GELU" and getattr(act, "approximate", "none") == "tanh":
+        return "gelu_tanh"
+    if name not in _ACTIVATIONS:
+        raise _unsupported(src, f"MLP activation {name}")
+    return _ACTIVATIONS[name]
+
+
+def _vit_kwargs(src, model: torch.nn.Module) -> dict[str, Any]:
+    """timm.create_model arguments that rebuild this VisionTransformer.
+
+    Attributes are read with getattr defaults where older timm versions lacked them.
+    """
+    from timm.layers import Attention, Mlp
+    from timm.models.vision_transformer import Block, VisionTransformer
+
+    if type(model) is not VisionTransformer:
+        raise _unsupported(src, f"the model is a {type(model).__name__}, not a timm VisionTransformer")
+    blocks = list(model.blocks)
+    if not blocks or any(type(b) is not Block or type(b.attn) is not Attention or type(b.mlp) is not Mlp
+                         for b in blocks):
+        raise _unsupported(src, "its transformer blocks are not timm's standard Block/Attention/Mlp")
+    norms = [m for m in model.modules() if "Norm" in type(m).__name__]
+    if not all(isinstance(m, torch.nn.LayerNorm) and m.eps == 1e-6 for m in norms):
+        raise _unsupported(src, "it has normalisation layers other than LayerNorm(eps=1e-6)")
+    block, embed = blocks[0], model.patch_embed
+    kwargs = {
+        "img_size": _pair(embed.img_size), "patch_size": _pair(embed.patch_size),
+        "in_chans": embed.proj.in_channels, "embed_dim": model.embed_dim, "depth": len(blocks),
+        "num_heads": block.attn.num_heads, "mlp_ratio": _mlp_ratio(block.mlp.fc1.out_features, model.embed_dim),
+        "qkv_bias": block.attn.qkv.bias is not None,
+        # layer scale is on for any init value; the scales themselves come from the state dict
+        "init_values": 1e-5 if _is_on(getattr(block, "ls1", None)) else None,
+        "class_token": model.cls_token is not None, "reg_tokens": getattr(model, "num_reg_tokens", 0),
+        "no_embed_class": getattr(model, "no_embed_class", False),
+        "pre_norm": _is_on(getattr(model, "norm_pre", None)), "fc_norm": _is_on(model.fc_norm),
+        "global_pool": model.global_pool, "num_classes": model.num_classes,
+        "dynamic_img_size": getattr(model, "dynamic_img_size", False),
+        "act_layer": _activation(src, block.mlp.act), "norm_layer": "layernorm",
+    }
+    # Newer options, written only when on, so that older timm versions can still build the model.
+    optional = {
+        "qk_norm": _is_on(getattr(block.attn, "q_norm", None)),
+        "scale_attn_norm": _is_on(getattr(block.attn, "norm", None)),
+        "scale_mlp_norm": _is_on(getattr(block.mlp, "norm", None)),
+        "proj_bias": block.attn.proj.bias is not None,
+        "final_norm": _is_on(model.norm) or _is_on(model.fc_norm),
+        "pos_embed": "learn" if model.pos_embed is not None else "none",
+        "pool_include_prefix": getattr(model, "pool_include_prefix", False),
+        "dynamic_img_pad": getattr(embed, "dynamic_img_pad", False),
+    }
+    defaults = {"qk_norm": False, "scale_attn_norm": False, "scale_mlp_norm": False, "proj_bias": True,
+                "final_norm": True, "pos_embed": "learn", "pool_include_prefix": False, "dynamic_img_pad": False}
+    kwargs.update({k: v for k, v in optional.items() if v != defaults[k]})
+    return kwargs
+
+
+def _rebuild(src, architecture: str, kwargs: dict, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise StyleComponentsError("converting a style extractor needs timm (pip install timm)") from None
+    if not timm.is_model(architecture):
+        raise ModelFileError(src, f"timm {timm.__version__} does not know the architecture {architecture!r}")
+    try:
+        model = timm.create_model(architecture, pretrained=False, **kwargs)
+    except (TypeError, ValueError, RuntimeError, AssertionError, KeyError) as e:
+        raise ModelFileError(src, f"timm cannot build {architecture!r} with {json.dumps(kwargs)}: {e}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        problem = " ".join(str(e).split())[:300]
+        raise ModelFileError(src, f"its weights do not fit {architecture!r} built with {json.dumps(kwargs)} "
+                                  f"({problem}); give the right model arguments (--model-kwargs)") from None
+    return model.eval()
+
+
+def _dummy_input(model: torch.nn.Module, cfg: dict) -> torch.Tensor:
+    """One random image at the size the model was built for, or a smaller one where it takes any size.
+
+    A ViT-B at 518 px takes seconds to minutes on a CPU; 8x8 patches still use every weight.
+    """
+    channels, *size = cfg.get("input_size", (3, 224, 224))
+    embed = getattr(model, "patch_embed", None)
+    if embed is not None and hasattr(embed, "img_size"):
+        size = embed.img_size  # a ViT built with img_size=... keeps its registry cfg's input_size
+        if getattr(model, "dynamic_img_size", False):
+            size = [min(s, 8 * p) for s, p in zip(size, embed.patch_size)]
+    return torch.randn(1, int(channels), *(int(s) for s in size), generator=torch.Generator().manual_seed(0))
+
+
+def _check_outputs(src, original: torch.nn.Module, rebuilt: torch.nn.Module, x: torch.Tensor,
+                   architecture: str, kwargs: dict) -> int:
+    """Compare the rebuilt model with the original on `x`; return the embedding size."""
+    with torch.no_grad():
+        got = rebuilt(x)
+        try:
+            want = original(x)
+        except Exception as e:  # a module pickled by an older timm may lack attributes today's forward reads
+            warnings.warn(f"{src}: the saved module does not run with this timm ({type(e).__name__}: {e}); "
+                          f"its outputs were not compared with the rebuilt model's")
+            want = None
+    if got.ndim != 2:
+        raise ModelFileError(src, f"the model outputs shape {list(got.shape)}, not one embedding per image")
+    if want is not None and (want.shape != got.shape or not torch.allclose(want, got, rtol=1e-4, atol=1e-5)):
+        raise ModelFileError(src, f"{architecture!r} built with {json.dumps(kwargs)} does not reproduce the "
+                                  f"saved module's output; give the right model arguments (--model-kwargs)")
+    return int(got.shape[1])

@@ -1,0 +1,491 @@
+"""Safe conversion of the original pickled releases: the allow-list, the space and extractor converters, the CLI."""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import collections
+import json
+import os
+import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from sklearn.decomposition import PCA
+
+import style_components
+from style_components import cli, files
+from style_components.convert import convert_extractor, convert_space, load_pickle, resolve_global
+from style_components.errors import ModelFileError, StyleComponentsError, UnsafePickleError
+from style_components.space import StyleSpace
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = Path(style_components.__file__).parent
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """`python -m style_components ...` in a fresh interpreter, as a user runs it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "style_components", *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=300)
+
+
+# --- the original style space ---------------------------------------------------------------
+
+K, D = 6, 16
+
+
+def fitted_pca(seed: int = 0) -> tuple[PCA, np.ndarray, np.ndarray]:
+    """A PCA over anisotropic random data, the std of all D components (longer than K), and the data."""
+    rng = np.random.default_rng(seed)
+    data = rng.normal(size=(400, D)) @ rng.normal(size=(D, D)) + rng.normal(size=D) * 3
+    pca = PCA(n_components=K, whiten=False).fit(data)
+    std = np.sqrt(PCA().fit(data).explained_variance_)
+    assert std.shape == (D,)
+    return pca, std, data
+
+
+@pytest.fixture(scope="module")
+def pca_file(tmp_path_factory) -> tuple[Path, PCA, np.ndarray, np.ndarray]:
+    pca, std, data = fitted_pca()
+    path = tmp_path_factory.mktemp("space") / "pca.pkl"
+    path.write_bytes(pickle.dumps((pca, std)))
+    return path, pca, std, data
+
+
+def test_convert_space_through_the_cli(pca_file, tmp_path, capsys):
+    src, pca, std, data = pca_file
+    dst = tmp_path / "space.safetensors"
+    assert cli.main(["convert", "space", str(src), str(dst), "--name", "Test space", "--extractor", "tiny"]) == 0
+    assert "6 components of 16-d" in capsys.readouterr().out
+    space = StyleSpace.load(dst)
+    assert (space.k, space.d, space.name, space.extractor) == (K, D, "Test space", "tiny")
+    want = pca.transform(data) / std[:K]
+    got = space.to_components(torch.from_numpy(data).float())
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4)
+    # back: the embedding's projection onto the K components
+    np.testing.assert_allclose(space.to_embedding(got).numpy(), pca.inverse_transform(pca.transform(data)),
+                               rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_convert_space_reads_every_pickle_protocol(protocol, tmp_path):
+    pca, std, data = fitted_pca(seed=protocol)
+    (tmp_path / "pca.pkl").write_bytes(pickle.dumps((pca, std), protocol=protocol))
+    space = convert_space(tmp_path / "pca.pkl", tmp_path / "space.safetensors")
+    assert space.name == "space"
+    np.testing.assert_allclose(space.to_components(torch.from_numpy(data).float()).numpy(),
+                               pca.transform(data) / std[:K], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("content, message", [
+    (lambda pca, std: (pca, std[:K - 1]), "needs 6 positive standard deviations"),
+    (lambda pca, std: (pca, -std), "needs 6 positive standard deviations"),
+    (lambda pca, std: {"pca": pca}, "expected a pickled (PCA, std) pair"),
+    (lambda pca, std: (std, std), "expected a pickled (PCA, std) pair"),
+    (lambda pca, std: (pca, "std"), "std is a str, not an array of numbers"),
+])
+def test_convert_space_rejects_wrong_content(content, message, tmp_path):
+    pca, std, _ = fitted_pca()
+    (tmp_path / "pca.pkl").write_bytes(pickle.dumps(content(pca, std)))
+    with pytest.raises(ModelFileError, match=re.escape(message)):
+        convert_space(tmp_path / "pca.pkl", tmp_path / "space.safetensors")
+    assert not (tmp_path / "space.safetensors").exists()
+
+
+# --- the original style extractor -------------------------------------------------------------
+
+SMALL = dict(img_size=56, depth=2, embed_dim=64, num_heads=2)
+VITS = {  # name: (architecture, kwargs, preprocess)
+    "dinov2": ("vit_small_patch14_dinov2", dict(SMALL, num_classes=0, dynamic_img_size=True), "v0.3"),
+    "registers": ("vit_small_patch14_reg4_dinov2", dict(SMALL, num_classes=0, dynamic_img_size=True), "v0.3"),
+    "avg-pool-head": ("vit_small_patch16_224", dict(SMALL, img_size=64, num_classes=10, global_pool="avg",
+                                                    qk_norm=True, act_layer="gelu_tanh", mlp_ratio=2.5), "v0.2"),
+}
+
+
+def randomised(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random weights everywhere: timm's init (layer scale 1e-5, zero biases) would hide block differences."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    return model.eval()
+
+
+def small_vit(architecture: str, **kwargs) -> torch.nn.Module:
+    return randomised(timm.create_model(architecture, pretrained=False, **kwargs))
+
+
+def dinov2_vit() -> torch.nn.Module:
+    architecture, kwargs, _ = VITS["dinov2"]
+    return small_vit(architecture, **kwargs)
+
+
+def rebuild(path: Path) -> tuple[torch.nn.Module, dict]:
+    """What the extractor loader does: timm.create_model from the metadata, strict load of the weights."""
+    tensors, meta = files.read(path, "style-components-extractor")
+    model = timm.create_model(meta["architecture"], pretrained=False, **json.loads(meta["model_kwargs"]))
+    model.load_state_dict(tensors, strict=True)
+    return model.eval(), meta
+
+
+def assert_same_outputs(a: torch.nn.Module, b: torch.nn.Module, *size: int) -> None:
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, got = a(x), b(x)
+    assert want.std() > 0.1  # a real, non-degenerate output
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", list(VITS))
+def test_convert_extractor_rebuilds_the_same_model(kind, tmp_path, capsys):
+    architecture, kwargs, preprocess = VITS[kind]
+    model = small_vit(architecture, **kwargs)
+    torch.save(model, tmp_path / "model.pt")
+    dst = tmp_path / "extractor.safetensors"
+    assert cli.main(["convert", "extractor", str(tmp_path / "model.pt"), str(dst), "--preprocess", preprocess]) == 0
+    assert "extractor" in capsys.readouterr().out
+
+    rebuilt, meta = rebuild(dst)
+    size = kwargs["img_size"]
+    assert_same_outputs(model, rebuilt, size, size)
+    if kwargs.get("dynamic_img_size"):
+        assert_same_outputs(model, rebuilt, 42, 70)  # v0.3 sizes vary per image
+    tensors, _ = files.read(dst)
+    assert set(tensors) == set(model.state_dict()) and all(t.dtype == torch.float32 for t in tensors.values())
+    assert meta["architecture"] == architecture and meta["preprocess"] == preprocess
+    assert json.loads(meta["dim"]) == (kwargs["num_classes"] or kwargs["embed_dim"])
+    assert json.loads(meta["mean"]) == list(model.pretrained_cfg["mean"])
+    assert json.loads(meta["std"]) == list(model.pretrained_cfg["std"])
+    assert meta["name"] == "extractor"
+
+
+def test_convert_extractor_reads_the_legacy_torch_format(tmp_path):
+    model = dinov2_vit()
+    torch.save(model, tmp_path / "model.pt", _use_new_zipfile_serialization=False)
+    meta = convert_extractor(tmp_path / "model.pt", tmp_path / "e.safetensors", name="legacy")
+    assert meta["name"] == "legacy" and meta["dim"] == 64
+    assert_same_outputs(model, rebuild(tmp_path / "e.safetensors")[0], 56, 56)
+
+
+def test_half_precision_weights_are_written_as_float32(tmp_path):
+    model = dinov2_vit().half()
+    torch.save(model, tmp_path / "model.pt")
+    convert_extractor(tmp_path / "model.pt", tmp_path / "e.safetensors")
+    tensors, _ = files.read(tmp_path / "e.safetensors")
+    assert all(t.dtype == torch.float32 for t in tensors.values())
+    assert_same_outputs(model.float(), rebuild(tmp_path / "e.safetensors")[0], 56, 56)
+
+
+def test_the_extractor_loader_reads_a_converted_file(tmp_path):
+    from style_components.extract import Extractor, preprocess_image
+
+    model = dinov2_vit()
+    torch.save(model, tmp_path / "model.pt")
+    convert_extractor(tmp_path / "model.pt", tmp_path / "e.safetensors", preprocess="v0.3")
+    extractor = Extractor.load(tmp_path / "e.safetensors")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 150, 3), dtype=np.uint8))
+    with torch.no_grad():
+        want = model(preprocess_image(image, "v0.3").unsqueeze(0))[0]
+    torch.testing.assert_close(extractor.embed_one(image), want, atol=1e-5, rtol=1e-5)
+
+
+def test_v03_enables_variable_sizes_for_a_fixed_size_vit(tmp_path):
+    model = small_vit("vit_small_patch14_dinov2", **SMALL, num_classes=0)
+    torch.save(model, tmp_path / "model.pt")
+    with pytest.warns(UserWarning, match="dynamic_img_size"):
+        meta = convert_extractor(tmp_path / "model.pt", tmp_path / "v03.safetensors", preprocess="v0.3")
+    assert meta["model_kwargs"]["dynamic_img_size"] is True
+    assert_same_outputs(model, rebuild(tmp_path / "v03.safetensors")[0], 56, 56)
+    meta = convert_extractor(tmp_path / "model.pt", tmp_path / "v02.safetensors", preprocess="v0.2")
+    assert meta["model_kwargs"]["dynamic_img_size"] is False
+
+
+def test_architecture_missing_from_the_file(tmp_path, capsys):
+    model = dinov2_vit()
+    model.pretrained_cfg = model.default_cfg = {}
+    torch.save(model, tmp_path / "model.pt")
+    dst = tmp_path / "e.safetensors"
+    assert cli.main(["convert", "extractor", str(tmp_path / "model.pt"), str(dst)]) == 2
+    assert "--architecture" in capsys.readouterr().err and not dst.exists()
+    assert cli.main(["convert", "extractor", str(tmp_path / "model.pt"), str(dst),
+                     "--architecture", "vit_small_patch14_dinov2"]) == 0
+    meta = rebuild(dst)[1]
+    assert json.loads(meta["mean"]) == [0.485, 0.456, 0.406] and json.loads(meta["std"]) == [0.229, 0.224, 0.225]
+
+
+def test_other_models_need_explicit_model_kwargs(tmp_path, capsys):
+    model = randomised(timm.create_model("resnet10t", pretrained=False, num_classes=0))
+    torch.save(model, tmp_path / "resnet.pt")
+    dst = tmp_path / "e.safetensors"
+    assert cli.main(["convert", "extractor", str(tmp_path / "resnet.pt"), str(dst), "--preprocess", "v0.2"]) == 2
+    err = capsys.readouterr().err
+    assert "ResNet" in err and "--model-kwargs" in err and "Traceback" not in err
+    assert cli.main(["convert", "extractor", str(tmp_path / "resnet.pt"), str(dst), "--preprocess", "v0.2",
+                     "--model-kwargs", '{"num_classes": 0}']) == 0
+    rebuilt, meta = rebuild(dst)
+    assert json.loads(meta["dim"]) == 512
+    assert_same_outputs(model, rebuilt, 64, 64)
+    # a CNN takes any input size, so v0.3 needs no dynamic_img_size
+    assert convert_extractor(tmp_path / "resnet.pt", dst, model_kwargs={"num_classes": 0})["preprocess"] == "v0.3"
+
+
+@pytest.mark.parametrize("model_kwargs, message", [
+    ({**SMALL, "num_classes": 0, "dynamic_img_size": True, "depth": 3}, "do not fit"),
+    # same weights, different pooling: only the output comparison can tell
+    ({**SMALL, "num_classes": 0, "dynamic_img_size": True, "global_pool": "avg", "fc_norm": False},
+     "does not reproduce"),
+    ({**SMALL, "num_classes": 0}, "dynamic_img_size"),
+    ({"no_such_argument": 1}, "cannot build"),
+])
+def test_wrong_model_kwargs_are_caught(model_kwargs, message, tmp_path):
+    torch.save(dinov2_vit(), tmp_path / "model.pt")
+    with pytest.raises(ModelFileError, match=message):
+        convert_extractor(tmp_path / "model.pt", tmp_path / "e.safetensors", model_kwargs=model_kwargs)
+    assert not (tmp_path / "e.safetensors").exists()
+
+
+def test_bad_model_kwargs_json_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["convert", "extractor", "a.pt", "b.safetensors", "--model-kwargs", "[1, 2]"])
+    assert e.value.code == 2 and "JSON object" in capsys.readouterr().err
+
+
+def test_a_state_dict_is_not_a_whole_model(tmp_path):
+    torch.save(dinov2_vit().state_dict(), tmp_path / "weights.pt")
+    with pytest.raises(ModelFileError, match="not a whole model"):
+        convert_extractor(tmp_path / "weights.pt", tmp_path / "e.safetensors")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_torchscript_archives_are_refused(tmp_path):
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), tmp_path / "scripted.pt")
+    with pytest.raises(ModelFileError, match="TorchScript"):
+        load_pickle(tmp_path / "scripted.pt")
+
+
+# --- malicious files ------------------------------------------------------------------------
+
+class SystemCall:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+class Eval:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return builtins.eval, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+PAYLOADS = {"os.system": (SystemCall, "posix.system"), "eval": (Eval, "builtins.eval")}
+
+
+def write_payload(kind: str, container: str, marker: Path, path: Path) -> Path:
+    """The payload alone, or inside the (PCA, std) pair / a module attribute, saved as a user would get it."""
+    payload = PAYLOADS[kind][0](marker)
+    if container == "pickle":
+        path.write_bytes(pickle.dumps((payload, np.ones(3))))
+    else:
+        model = torch.nn.Linear(2, 2)
+        model.extra = payload
+        torch.save(model, path, _use_new_zipfile_serialization=container == "torch zip")
+    return path
+
+
+@pytest.mark.parametrize("kind", list(PAYLOADS))
+def test_the_payloads_are_real(kind, tmp_path):
+    """Control: an ordinary unpickler runs them, so the refusals below are meaningful."""
+    marker = tmp_path / "marker"
+    pickle.loads(pickle.dumps(PAYLOADS[kind][0](marker)))
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("container", ["pickle", "torch zip", "torch legacy"])
+@pytest.mark.parametrize("kind", list(PAYLOADS))
+def test_malicious_files_are_refused_before_running(kind, container, tmp_path):
+    marker = tmp_path / "marker"
+    src = write_payload(kind, container, marker, tmp_path / "evil.pkl")
+    with pytest.raises(UnsafePickleError, match=re.escape(PAYLOADS[kind][1])):
+        load_pickle(src)
+    convert = convert_space if container == "pickle" else convert_extractor
+    with pytest.raises(UnsafePickleError, match="allow-list"):
+        convert(src, tmp_path / "out.safetensors")
+    assert not marker.exists() and not (tmp_path / "out.safetensors").exists()
+
+
+def test_malicious_file_through_the_command_line(tmp_path):
+    marker = tmp_path / "marker"
+    src = write_payload("os.system", "torch zip", marker, tmp_path / "evil.pt")
+    done = run_cli("convert", "extractor", str(src), str(tmp_path / "out.safetensors"))
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr
+    assert "posix.system" in done.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("module, name", [
+    ("builtins", "getattr"), ("builtins", "exec"), ("builtins", "__import__"), ("os", "system"),
+    ("subprocess", "Popen"), ("importlib", "import_module"), ("posix", "system"), ("pickle", "loads"),
+    ("torch", "load"), ("torch.storage", "_load_from_bytes"), ("numpy", "load"), ("_codecs", "decode"),
+    ("timm", "create_model"),                                 # a function in an allowed package
+    ("timm.models._helpers", "load_checkpoint"),
+    ("timm.utils.checkpoint_saver", "CheckpointSaver"),       # classes there that are not modules
+    ("torch.nn.modules.module", "Parameter"),
+    ("torch.nn.modules.linear", "Linear.__init__"),           # dotted names walk into attributes
+    ("torch.nn.modules.module", "Module.__init__.__globals__"),
+    ("timm_evil", "Module"), ("torch.nn.modules_evil", "Linear"),  # look-alike package names
+    ("torch", "_C"), ("torch", "nn"),
+])
+def test_refused_globals(module, name):
+    with pytest.raises(UnsafePickleError, match=re.escape(f"{module}.{name}")):
+        resolve_global(module, name)
+
+
+def test_allowed_globals():
+    from timm.layers.format import Format
+    from timm.models.vision_transformer import VisionTransformer
+
+    assert resolve_global("torch.nn.modules.linear", "Linear") is torch.nn.Linear
+    assert resolve_global("timm.models.vision_transformer", "VisionTransformer") is VisionTransformer
+    assert resolve_global("timm.layers.format", "Format") is Format
+    assert resolve_global("__builtin__", "set") is set
+    assert resolve_global("torch", "bfloat16") is torch.bfloat16
+
+
+def test_a_dotted_global_inside_a_pickle_is_refused(tmp_path):
+    # protocol 4: STACK_GLOBAL("torch.nn.modules.linear", "Linear.__init__"), then STOP
+    data = (b"\x80\x04\x8c\x17torch.nn.modules.linear\x94\x8c\x0fLinear.__init__\x94\x93\x94.")
+    (tmp_path / "dotted.pkl").write_bytes(data)
+    assert pickle.loads(data) is torch.nn.Linear.__init__  # the ordinary unpickler would hand it out
+    with pytest.raises(UnsafePickleError, match="Linear.__init__"):
+        load_pickle(tmp_path / "dotted.pkl")
+
+
+def test_attributes_of_allowed_classes_cannot_be_set(tmp_path):
+    # protocol 2: GLOBAL timm.layers.mlp.Mlp; BUILD (None, {"forward": set}) would set Mlp.forward = set
+    data = b"\x80\x02ctimm.layers.mlp\nMlp\nN}X\x07\x00\x00\x00forwardc__builtin__\nset\ns\x86b."
+    (tmp_path / "build.pkl").write_bytes(data)
+    from timm.layers.mlp import Mlp
+    forward = Mlp.forward
+    with pytest.raises(UnsafePickleError, match="Mlp"):
+        load_pickle(tmp_path / "build.pkl")
+    assert Mlp.forward is forward
+
+
+def test_only_the_latin1_codec(tmp_path):
+    # protocol 2 bytes are `_codecs.encode(text, "latin1")`; any other codec is refused
+    data = b"\x80\x02c_codecs\nencode\nX\x03\x00\x00\x00abcX\x06\x00\x00\x00rot_13\x86R."
+    (tmp_path / "codec.pkl").write_bytes(data)
+    with pytest.raises(UnsafePickleError, match="rot_13"):
+        load_pickle(tmp_path / "codec.pkl")
+    (tmp_path / "bytes.pkl").write_bytes(pickle.dumps(b"\x00\xffdata", protocol=2))
+    assert load_pickle(tmp_path / "bytes.pkl") == b"\x00\xffdata"
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_allowed_data_round_trips(protocol, tmp_path):
+    data = {"od": collections.OrderedDict(a=1), "set": {1, 2}, "frozen": frozenset("ab"), "c": 1 + 2j,
+            "slice": slice(1, 5, 2), "ba": bytearray(b"xy"), "dtype": torch.float16,
+            "array": np.arange(6, dtype=np.float32).reshape(2, 3), "scalar": np.float64(2.5)}
+    (tmp_path / "data.pkl").write_bytes(pickle.dumps(data, protocol=protocol))
+    loaded = load_pickle(tmp_path / "data.pkl")
+    array = loaded.pop("array")
+    np.testing.assert_array_equal(array, data.pop("array"))
+    assert loaded == data
+
+
+# --- broken files ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def torch_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("torch") / "model.pt"
+    torch.save(dinov2_vit(), path)
+    return path
+
+
+@pytest.mark.parametrize("content", ["empty", "garbage", "truncated pickle", "truncated torch zip", "text"])
+def test_broken_files_give_a_clear_error(content, pca_file, torch_file, tmp_path):
+    src = tmp_path / "broken.bin"
+    src.write_bytes({
+        "empty": b"",
+        "garbage": bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)),
+        "truncated pickle": pca_file[0].read_bytes()[:300],
+        "truncated torch zip": torch_file.read_bytes()[:5000],
+        "text": b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\n",
+    }[content])
+    for convert in (convert_space, convert_extractor):
+        with pytest.raises(StyleComponentsError, match=re.escape(str(src))):
+            convert(src, tmp_path / "out.safetensors")
+
+
+def test_missing_file(tmp_path, capsys):
+    assert cli.main(["convert", "space", str(tmp_path / "nope.pkl"), str(tmp_path / "out.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("style-components: error:") and "file not found" in err and err.count("\n") == 1
+
+
+def test_broken_file_through_the_command_line(tmp_path):
+    (tmp_path / "broken.pkl").write_bytes(b"\x80\x04\x95garbage")
+    done = run_cli("convert", "space", str(tmp_path / "broken.pkl"), str(tmp_path / "out.safetensors"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("style-components: error:") and done.stderr.count("\n") == 1
+
+
+# --- the command line and the package ---------------------------------------------------------
+
+def test_python_dash_m_converts_a_space(pca_file, tmp_path):
+    src, pca, std, data = pca_file
+    done = run_cli("convert", "space", str(src), str(tmp_path / "s.safetensors"), "--name", "cli")
+    assert done.returncode == 0, done.stderr
+    space = StyleSpace.load(tmp_path / "s.safetensors")
+    assert space.name == "cli"
+    np.testing.assert_allclose(space.to_components(torch.from_numpy(data).float()).numpy(),
+                               pca.transform(data) / std[:K], rtol=1e-4, atol=1e-4)
+
+
+def test_importing_the_cli_stays_light():
+    code = "import sys, style_components.cli; print(sorted({'torch', 'timm', 'sklearn', 'numpy'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.stdout.strip() == "[]", done.stderr
+
+
+def unsafe_unpickling_calls(source: str) -> list[str]:
+    """Calls that unpickle without an allow-list: pickle/dill/joblib loads, other Unpicklers,
+    torch.load without weights_only=True or our pickle module, np.load with allow_pickle."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        func = ast.unparse(node.func)
+        kwargs = {k.arg: ast.unparse(k.value) for k in node.keywords}
+        if (func.split(".")[0] in ("pickle", "dill", "joblib", "cPickle") and func.endswith(("load", "loads"))
+                or func.endswith("Unpickler") and func != "RestrictedUnpickler"
+                or func == "torch.load" and kwargs.get("weights_only") != "True"
+                and kwargs.get("pickle_module") != "_PICKLE_MODULE"
+                or func in ("np.load", "numpy.load") and kwargs.get("allow_pickle", "False") != "False"):
+            found.append(ast.unparse(node))
+    return found
+
+
+def test_nothing_else_in_the_package_unpickles():
+    """Every unpickling in the package goes through convert.load_pickle's restricted unpickler."""
+    assert unsafe_unpickling_calls("pickle.loads(b); torch.load(p, weights_only=False); np.load(p, allow_pickle=True)"
+                                   "; pickle.Unpickler(f)") == [
+        "pickle.loads(b)", "torch.load(p, weights_only=False)", "np.load(p, allow_pickle=True)",
+        "pickle.Unpickler(f)"]
+    found = {str(p.relative_to(PACKAGE)): unsafe_unpickling_calls(p.read_text()) for p in PACKAGE.rglob("*.py")}
+    assert {k: v for k, v in found.items() if v} == {}
