@@ -1,0 +1,375 @@
+"""Style Components for AUTOMATIC1111 WebUI v1.10: UI and wiring only.
+
+Every decision is made in the core package (style_components.webui, .session, .rows,
+.script_args, .models), which is tested without the WebUI. gradio is imported inside ui()
+only, and nothing heavy is loaded until a generation or a UI action needs a model.
+"""
+
+import os
+import sys
+
+EXT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if EXT_DIR not in sys.path:
+    sys.path.insert(0, EXT_DIR)
+
+from modules import script_callbacks, scripts, shared  # noqa: E402
+
+from style_components import models, script_args as sargs, webui  # noqa: E402
+from style_components.params import BLOCK_PRESETS, random_components  # noqa: E402
+
+TITLE = "Style Components"
+SECTION = ("style_components", TITLE)
+XYZ_COMPONENTS = 30
+
+
+def _opt(name, default):
+    return getattr(shared.opts, name, default) if hasattr(shared, "opts") else default
+
+
+def model_folders():
+    custom = _opt("style_components_model_dir", "")
+    base = custom or os.path.join(getattr(shared, "models_path", os.path.join(EXT_DIR, "..", "..", "models")),
+                                  "StyleComponents")
+    return [base, os.path.join(EXT_DIR, "models")]
+
+
+registry = models.Registry(model_folders())
+_extractors = {}
+
+
+def load_extractor(path):
+    """Extractor on the device/precision chosen in settings, cached per file."""
+    import torch
+    from style_components.extract import Extractor
+    device = _opt("style_components_extractor_device", "auto")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(_opt("style_components_extractor_precision", "fp32"),
+                                                                torch.float32)
+    key = (str(path), device, dtype)
+    if key not in _extractors:
+        _extractors.clear()
+        _extractors[key] = Extractor.load(path, device=device, dtype=dtype)
+    return _extractors[key]
+
+
+def release_models():
+    registry.unload()
+    _extractors.clear()
+
+
+class StyleComponentsScript(scripts.Script):
+    def title(self):
+        return TITLE
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    # -- generation ---------------------------------------------------------------------
+    def process(self, p, *args):
+        folders = model_folders()
+        if [str(f) for f in registry.folders] != [str(models.Path(f)) for f in folders]:
+            registry.set_folders(folders)  # the setting changed
+        gen = webui.begin_job(p, args, registry, load_extractor=load_extractor)
+        if gen is None and not _opt("style_components_keep_loaded", True):
+            release_models()
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        webui.begin_pass(p, kwargs.get("x"))
+
+    def postprocess_batch(self, p, *args, **kwargs):
+        gen = getattr(p, webui.ATTR, None)
+        if gen is not None:
+            gen.end_pass()
+
+    def postprocess(self, p, processed, *args):
+        webui.end_job(p)
+
+    # -- UI -----------------------------------------------------------------------------
+    def ui(self, is_img2img):
+        import gradio as gr
+        from modules.ui_components import InputAccordion, ToolButton
+
+        names = registry.names()
+        tab = "img2img" if is_img2img else "txt2img"
+        eid = lambda s: f"style_components_{tab}_{s}"
+        with InputAccordion(False, label=TITLE, elem_id=eid("enabled")) as enabled:
+            with gr.Row():
+                model = gr.Dropdown(label="Style model", choices=names, value=names[0] if names else "",
+                                    elem_id=eid("model"))
+                refresh = ToolButton(value="\U0001f504", elem_id=eid("refresh"))
+            with gr.Row():
+                multiplier = gr.Slider(0.0, 3.0, value=1.0, step=0.01, label="Multiplier", elem_id=eid("multiplier"))
+                strength = gr.Slider(0.0, 2.0, value=1.0, step=0.01, label="Strength", elem_id=eid("strength"))
+            with gr.Row():
+                random = gr.Checkbox(False, label="Random style from seed", elem_id=eid("random"))
+                seed = gr.Number(-1, precision=0, label="Style seed (-1: each image's seed)", elem_id=eid("seed"))
+                random_btn = gr.Button("Random", elem_id=eid("random_btn"))
+                zero_btn = gr.Button("Zero", elem_id=eid("zero"))
+            with gr.Row():
+                vector = gr.Textbox(label="Vector (import/export)", elem_id=eid("vector"))
+                import_btn = gr.Button("Import", elem_id=eid("import"))
+                export_btn = gr.Button("Export", elem_id=eid("export"))
+                copy_btn = gr.Button("Copy", elem_id=eid("copy"))
+            with gr.Row():
+                preset = gr.Dropdown(label="Preset (sets the sliders)", choices=preset_names(), value=None,
+                                     elem_id=eid("preset"))
+                preset_refresh = ToolButton(value="\U0001f504", elem_id=eid("preset_refresh"))
+            with gr.Accordion("Reference images", open=False):
+                ref_images = gr.File(file_count="multiple", file_types=["image"], label="Reference images",
+                                     elem_id=eid("ref_images"))
+                ref_weights = gr.Textbox(label="Weights (one per image, blank = equal)", elem_id=eid("ref_weights"))
+                refs = gr.Textbox(label="Reference note (written to the infotext)", elem_id=eid("refs"))
+                extract_btn = gr.Button("Extract", elem_id=eid("extract"))
+                extract_msg = gr.Markdown("")
+            sliders = []
+            with gr.Column(elem_id=eid("sliders")):
+                for i in range(sargs.MAX_COMPONENTS):
+                    sliders.append(gr.Slider(-5.0, 5.0, value=0.0, step=0.01, label=f"Style component {i + 1}",
+                                             visible=i < XYZ_COMPONENTS, elem_id=eid(f"c{i + 1}")))
+            with gr.Accordion("Advanced", open=False):
+                blocks = gr.Dropdown(label="Blocks", choices=list(BLOCK_PRESETS), value="all", elem_id=eid("blocks"))
+                block_weights = gr.Textbox(label="Custom layer weights (16 for SD1, 70 for SDXL)",
+                                           elem_id=eid("block_weights"))
+                with gr.Row():
+                    start = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Start", elem_id=eid("start"))
+                    end = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label="End", elem_id=eid("end"))
+
+        def k_of(name):
+            try:
+                loaded = registry.load(name)
+                return loaded.k, loaded.space
+            except Exception:
+                return XYZ_COMPONENTS, None
+
+        def on_model(name):
+            k, space = k_of(name)
+            return [gr.update(visible=i < k, label=space.label(i) if space is not None else f"Style component {i + 1}")
+                    for i in range(sargs.MAX_COMPONENTS)]
+
+        def on_refresh():
+            new = registry.refresh()
+            return gr.update(choices=new)
+
+        def on_random():
+            import random as _r
+            return True, _r.randrange(0, 2**32)
+
+        def on_zero():
+            return [False] + [0.0] * sargs.MAX_COMPONENTS
+
+        def on_import(text):
+            values = sargs.parse([{"components": text}]).params.components
+            return [values[i] if i < len(values) else 0.0 for i in range(sargs.MAX_COMPONENTS)]
+
+        def on_export(name, is_random, seed_value, *values):
+            k, _ = k_of(name)
+            if is_random and seed_value is not None and seed_value >= 0:
+                values = random_components(int(seed_value), k)
+            return " ".join(f"{v:g}" for v in list(values)[:k])
+
+        def on_extract(name, files, weights, progress=gr.Progress()):
+            progress(0.1, desc="Loading extractor")
+            loaded = registry.load(name)
+            args = [{"enabled": True, "model": name, "ref_images": list(files or []), "ref_weights": weights or ""}]
+            parsed = sargs.parse(args)
+            progress(0.4, desc="Extracting style")
+            params = webui._from_references(parsed.params, loaded, parsed, load_extractor)
+            values = list(params.components)
+            return [f"Extracted from {len(parsed.ref_images)} image(s)."] + [
+                values[i] if i < len(values) else 0.0 for i in range(sargs.MAX_COMPONENTS)]
+
+        def on_preset(name):
+            from style_components import presets
+            if not name:
+                return [gr.update()] * (sargs.MAX_COMPONENTS + 1)
+            values = list(presets.find(presets_folder(), name).components)
+            return [False] + [values[i] if i < len(values) else 0.0 for i in range(sargs.MAX_COMPONENTS)]
+
+        preset.change(on_preset, inputs=[preset], outputs=[random] + sliders)
+        preset_refresh.click(lambda: gr.update(choices=preset_names()), outputs=[preset])
+        model.change(on_model, inputs=[model], outputs=sliders)
+        refresh.click(on_refresh, outputs=[model])
+        random_btn.click(on_random, outputs=[random, seed])
+        zero_btn.click(on_zero, outputs=[random] + sliders)
+        import_btn.click(on_import, inputs=[vector], outputs=sliders)
+        export_btn.click(on_export, inputs=[model, random, seed] + sliders, outputs=[vector])
+        copy_btn.click(None, inputs=[vector], _js="styleComponentsCopy")
+        extract_btn.click(on_extract, inputs=[model, ref_images, ref_weights], outputs=[extract_msg] + sliders)
+
+        controls = [enabled, model, multiplier, strength, random, seed, blocks, block_weights, start, end,
+                    ref_images, ref_weights, refs] + sliders
+        assert len(controls) == sargs.N_ARGS
+        self.infotext_fields = [(c, f) for c, (_, f) in zip(controls, infotext_fields())
+                                if c is not ref_images]
+        self.paste_field_names = [sargs.INFOTEXT_KEY]
+        return controls
+
+
+def presets_folder():
+    return os.path.join(model_folders()[0], "presets")
+
+
+def preset_names():
+    from style_components import presets
+    return [p.name for p in presets.list_presets(presets_folder())]
+
+
+def on_ui_tabs():
+    """Extension tab: build/rename/delete presets from image sets; convert the original author's files."""
+    import gradio as gr
+    from style_components import presets
+
+    def build(model_name, folder, uploads, weights, name, overwrite, progress=gr.Progress()):
+        try:
+            loaded = registry.load(model_name)
+            if loaded.space is None or loaded.info.extractor is None:
+                raise webui.StyleComponentsError(f"model {model_name!r} has no extractor and style space")
+            images = [webui.decode_image(f) for f in (uploads or [])]
+            if folder:
+                images += list(presets.images_in(folder))
+            parsed = sargs.parse([{"ref_weights": weights or ""}])
+            progress(0.2, desc=f"Embedding {len(images)} images")
+            comps = presets.build(load_extractor(loaded.info.extractor), loaded.space, images,
+                                  parsed.ref_weights or None)
+            saved = presets.save(presets_folder(), name, comps, model=model_name,
+                                 source=f"{len(images)} images" + (f" from {folder}" if folder else ""),
+                                 overwrite=overwrite)
+            return f"Saved preset **{saved.name}** ({len(comps)} components).", gr.update(choices=preset_names())
+        except webui.StyleComponentsError as e:
+            return f"Error: {e}", gr.update()
+
+    def rename(old, new):
+        try:
+            presets.rename(presets_folder(), old, new)
+            return f"Renamed {old!r} to {new!r}.", gr.update(choices=preset_names(), value=new)
+        except webui.StyleComponentsError as e:
+            return f"Error: {e}", gr.update()
+
+    def delete(name):
+        try:
+            presets.delete(presets_folder(), name)
+            return f"Deleted {name!r}.", gr.update(choices=preset_names(), value=None)
+        except webui.StyleComponentsError as e:
+            return f"Error: {e}", gr.update()
+
+    def convert(kind, src, name, preprocess):
+        from style_components import convert as conv
+        try:
+            name = presets.check_name(name)
+            folder = model_folders()[0]
+            if kind == "Style space (PCA pickle)":
+                dst = os.path.join(folder, f"{name}.space.safetensors")
+                conv.convert_space(src, dst, name=name)
+            else:
+                dst = os.path.join(folder, f"{name}.extractor.safetensors")
+                conv.convert_extractor(src, dst, preprocess=preprocess, name=name)
+            registry.refresh()
+            return f"Converted to {dst}."
+        except (webui.StyleComponentsError, OSError) as e:
+            return f"Error: {e}"
+
+    with gr.Blocks(analytics_enabled=False) as tab:
+        with gr.Tab("Presets"):
+            with gr.Row():
+                model = gr.Dropdown(label="Style model", choices=registry.names())
+                name = gr.Textbox(label="Preset name")
+            folder = gr.Textbox(label="Image folder (on the server)")
+            uploads = gr.File(file_count="multiple", file_types=["image"], label="...and/or images")
+            weights = gr.Textbox(label="Weights for the uploaded images, then the folder's (blank: equal)")
+            overwrite = gr.Checkbox(False, label="Overwrite a preset of the same name")
+            build_btn = gr.Button("Build preset", variant="primary")
+            status = gr.Markdown()
+            with gr.Row():
+                existing = gr.Dropdown(label="Presets", choices=preset_names())
+                new_name = gr.Textbox(label="New name")
+                rename_btn = gr.Button("Rename")
+                delete_btn = gr.Button("Delete")
+            build_btn.click(build, inputs=[model, folder, uploads, weights, name, overwrite],
+                            outputs=[status, existing])
+            rename_btn.click(rename, inputs=[existing, new_name], outputs=[status, existing])
+            delete_btn.click(delete, inputs=[existing], outputs=[status, existing])
+        with gr.Tab("Convert original files"):
+            gr.Markdown("Converts the original author's pickled files safely (restricted unpickler) into "
+                        "safetensors in the model folder.")
+            kind = gr.Radio(["Style space (PCA pickle)", "Extractor (pickled timm model)"],
+                            value="Style space (PCA pickle)", label="File")
+            src = gr.Textbox(label="Path of the original file (on the server)")
+            out_name = gr.Textbox(label="Model name (the adapter's name, so the files group)")
+            preprocess = gr.Radio(["v0.3", "v0.2"], value="v0.3", label="Extractor preprocessing")
+            convert_btn = gr.Button("Convert", variant="primary")
+            convert_status = gr.Markdown()
+            convert_btn.click(convert, inputs=[kind, src, out_name, preprocess], outputs=[convert_status])
+    return [(tab, TITLE, "style_components")]
+
+
+def infotext_fields():
+    """(argument name, function(infotext params) -> control value or None) for every argument."""
+    def field(name):
+        def read(d):
+            text = d.get(sargs.INFOTEXT_KEY)
+            if not text:
+                return False if name == "enabled" else None
+            values, problems = sargs.controls_from_infotext(text)
+            for problem in problems:
+                print(f"Style Components: infotext: {problem}")
+            return values.get(name)
+        return read
+    return [(name, field(name)) for name in sargs.ALL_NAMES]
+
+
+# -- callbacks ------------------------------------------------------------------------------
+
+def on_cfg_denoiser(params):
+    webui.on_cfg_denoiser(params)
+
+
+def on_ui_settings():
+    section = SECTION
+    shared.opts.add_option("style_components_model_dir", shared.OptionInfo(
+        "", "Style Components model folder (blank: models/StyleComponents)", section=section))
+    shared.opts.add_option("style_components_extractor_device", shared.OptionInfo(
+        "auto", "Style extractor device", component_args={"choices": ["auto", "cpu", "cuda"]}, section=section))
+    shared.opts.add_option("style_components_extractor_precision", shared.OptionInfo(
+        "fp32", "Style extractor precision", component_args={"choices": ["fp32", "fp16", "bf16"]}, section=section))
+    shared.opts.add_option("style_components_keep_loaded", shared.OptionInfo(
+        True, "Keep style models loaded when the extension is disabled", section=section))
+
+
+def xyz_axes(xyz_grid):
+    """AxisOptions for A1111's scripts/xyz_grid.py; each sets p.style_components_xyz."""
+    def setter(key, cast):
+        def apply(p, x, xs):
+            overrides = dict(getattr(p, webui.XYZ_ATTR, None) or {})
+            overrides[key] = cast(x)
+            setattr(p, webui.XYZ_ATTR, overrides)
+        return apply
+
+    axes = [xyz_grid.AxisOption("Style strength", float, setter("strength", float)),
+            xyz_grid.AxisOption("Style multiplier", float, setter("multiplier", float)),
+            xyz_grid.AxisOption("Style model", str, setter("model", str), choices=lambda: registry.names())]
+    axes += [xyz_grid.AxisOption(f"Style component {i}", float, setter(f"component {i}", float))
+             for i in range(1, XYZ_COMPONENTS + 1)]
+    return axes
+
+
+def on_before_ui():
+    found = [x for x in scripts.scripts_data if x.script_class.__module__ == "xyz_grid.py"]
+    if found:
+        xyz_grid = found[0].module
+        known = {a.label for a in xyz_grid.axis_options}
+        xyz_grid.axis_options.extend(a for a in xyz_axes(xyz_grid) if a.label not in known)
+
+
+def on_script_unloaded():
+    model = getattr(shared, "sd_model", None)
+    if model is not None:
+        webui.cleanup_unet(type("P", (), {"sd_model": model})())
+    release_models()
+
+
+script_callbacks.on_cfg_denoiser(on_cfg_denoiser)
+script_callbacks.on_ui_settings(on_ui_settings)
+script_callbacks.on_before_ui(on_before_ui)
+script_callbacks.on_script_unloaded(on_script_unloaded)
+script_callbacks.on_ui_tabs(on_ui_tabs)

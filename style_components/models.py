@@ -1,0 +1,186 @@
+"""Finding model files in folders, grouping them into models, loading them on demand.
+
+A model is an adapter plus the style space its sliders live in, and optionally the
+extractor that turns reference images into embeddings of that space. Files are recognised
+by their safetensors `format` metadata (read from the header alone: no tensor is loaded,
+no torch import) or, for files without it (the original release's adapter), by name:
+`<name>.space.safetensors`, `<name>.adapter.safetensors`, `<name>.extractor.safetensors`
+(also with `_` or `-` before the kind, and `pca` for a space, `ip-adapter` for an adapter).
+Files of one model share `<name>`; a lone space or extractor in a folder serves every
+adapter of that folder.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+KINDS = ("space", "adapter", "extractor")
+FORMATS = {"style-components-space": "space", "style-components-adapter": "adapter",
+           "style-components-extractor": "extractor"}
+_NAME_KIND = [
+    ("space", re.compile(r"^(?P<name>.*?)[._-]?(?:style[._-]?)?(?:space|pca)$", re.I)),
+    ("extractor", re.compile(r"^(?P<name>.*?)[._-]?(?:extractor|embedder)$", re.I)),
+    ("adapter", re.compile(r"^(?P<name>.*?)[._-]?(?:ip[._-]?)?adapter$", re.I)),
+]
+_MAX_HEADER = 100 << 20
+
+
+def read_metadata(path) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file's header; {} when absent or unreadable."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > _MAX_HEADER:
+                return {}
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, struct.error):
+        return {}
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+
+
+def classify(path) -> tuple[str | None, str]:
+    """(kind, model name) of a file: kind from metadata, else from the name; None if neither says."""
+    path = Path(path)
+    stem = path.name[: -len(".safetensors")] if path.name.endswith(".safetensors") else path.stem
+    kind = FORMATS.get(read_metadata(path).get("format", ""))
+    for name_kind, pattern in _NAME_KIND:
+        m = pattern.match(stem)
+        if m and m["name"]:
+            return (kind or name_kind), m["name"]
+    return kind, stem
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    adapter: Path
+    space: Path | None = None
+    extractor: Path | None = None
+    _hash: str = field(default="", repr=False, compare=False)
+
+    @property
+    def hash(self) -> str:
+        """Short sha256 of the adapter file (computed once; it reads the whole file)."""
+        if not self._hash:
+            from .files import short_hash
+            self._hash = short_hash(self.adapter)
+        return self._hash
+
+    @property
+    def title(self) -> str:
+        return self.name
+
+
+def scan(folders: Iterable) -> dict[str, ModelInfo]:
+    """Every model found in `folders` (searched recursively), by name; earlier folders win."""
+    models: dict[str, ModelInfo] = {}
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            continue
+        by_dir: dict[Path, dict[str, dict[str, Path]]] = {}
+        for path in sorted(folder.rglob("*.safetensors")):
+            kind, name = classify(path)
+            if kind in KINDS:
+                by_dir.setdefault(path.parent, {k: {} for k in KINDS})[kind].setdefault(name, path)
+        for files in by_dir.values():
+            lone = {k: next(iter(files[k].values())) if len(files[k]) == 1 else None for k in ("space", "extractor")}
+            for name, adapter in files["adapter"].items():
+                if name in models:
+                    continue
+                models[name] = ModelInfo(name, adapter,
+                                         files["space"].get(name) or lone["space"],
+                                         files["extractor"].get(name) or lone["extractor"])
+    return models
+
+
+@dataclass
+class LoadedModel:
+    info: ModelInfo
+    adapter: object          # adapter.Adapter
+    space: object | None     # space.StyleSpace, None for adapters that take embeddings without a space
+
+    @property
+    def k(self) -> int:
+        """Number of sliders: the space's K, or the adapter's input size when it takes components directly."""
+        return self.space.k if self.space is not None else self.adapter.d_in
+
+    def style_inputs(self, components) -> "torch.Tensor":  # noqa: F821
+        """[N, K'] slider values -> [N, adapter.d_in] adapter inputs."""
+        import torch
+        z = torch.as_tensor(components, dtype=torch.float32)
+        if self.adapter.d_in == z.shape[-1] or (self.space is None and z.shape[-1] <= self.adapter.d_in):
+            if z.shape[-1] < self.adapter.d_in:
+                z = torch.nn.functional.pad(z, (0, self.adapter.d_in - z.shape[-1]))
+            return z
+        if self.space is None:
+            raise ValueError(f"{z.shape[-1]} component values given, model {self.info.name!r} takes {self.adapter.d_in}")
+        if self.space.d != self.adapter.d_in:
+            from .errors import ModelFileError
+            raise ModelFileError(self.info.space, f"style space has {self.space.d}-d embeddings, the adapter "
+                                                  f"{self.info.adapter.name} takes {self.adapter.d_in}")
+        return self.space.to_embedding(z)
+
+
+class Registry:
+    """The models of some folders, scanned on demand, with at most one loaded at a time."""
+
+    def __init__(self, folders: Iterable = ()):
+        self.folders = [Path(f) for f in folders]
+        self.models: dict[str, ModelInfo] = {}
+        self.loaded: LoadedModel | None = None
+        self._lock = threading.Lock()
+        self._scanned = False
+
+    def set_folders(self, folders: Iterable) -> None:
+        self.folders = [Path(f) for f in folders]
+        self._scanned = False
+
+    def refresh(self) -> list[str]:
+        self.models = scan(self.folders)
+        self._scanned = True
+        if self.loaded is not None and self.models.get(self.loaded.info.name) != self.loaded.info:
+            self.unload()
+        return self.names()
+
+    def names(self) -> list[str]:
+        if not self._scanned:
+            self.refresh()
+        return sorted(self.models, key=str.lower)
+
+    def find(self, name: str = "", model_hash: str = "") -> ModelInfo | None:
+        """By name, else by adapter hash (as written in infotexts); None when absent."""
+        self.names()
+        if name in self.models:
+            return self.models[name]
+        if model_hash:
+            for info in self.models.values():
+                if info.hash.lower() == model_hash.lower():
+                    return info
+        return None
+
+    def load(self, name: str) -> LoadedModel:
+        from .errors import StyleComponentsError
+        info = self.find(name)
+        if info is None:
+            known = ", ".join(self.names()) or "none; put model files in " + " or ".join(map(str, self.folders))
+            raise StyleComponentsError(f"style model {name!r} not found (known: {known})")
+        with self._lock:
+            if self.loaded is None or self.loaded.info != info:
+                from .adapter import Adapter
+                from .space import StyleSpace
+                self.loaded = None
+                adapter = Adapter.load(info.adapter)
+                space = StyleSpace.load(info.space) if info.space is not None else None
+                self.loaded = LoadedModel(info, adapter, space)
+            return self.loaded
+
+    def unload(self) -> None:
+        self.loaded = None

@@ -1,0 +1,218 @@
+"""The WebUI script's arguments: one layout for the UI, the API and the infotext.
+
+Positional form (what the UI's controls send, in this order, and what the API's
+`alwayson_scripts["Style Components"]["args"]` list may hold):
+
+    enabled, model, multiplier, strength, random, seed, blocks, block_weights,
+    start, end, ref_images, ref_weights, refs, c1, c2, ..., c{MAX_COMPONENTS}
+
+Dict form (API): `"args": [{"enabled": true, "components": [0.5, -1], "strength": 0.8}]`:
+a single dict as the first argument, keys from ARG_NAMES plus `components` (a list);
+missing keys take their defaults. Unknown keys or values of the wrong type raise
+ArgumentError naming the argument, so that an API caller is never silently ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Sequence
+
+from .params import BLOCK_PRESETS, StyleParams
+from .session import ArgumentError
+
+MAX_COMPONENTS = 64
+INFOTEXT_KEY = "Style components"
+
+# (name, default, kind) in positional order, before the components
+ARGS: tuple[tuple[str, Any, str], ...] = (
+    ("enabled", False, "bool"),
+    ("model", "", "str"),
+    ("multiplier", 1.0, "number"),
+    ("strength", 1.0, "number"),
+    ("random", False, "bool"),
+    ("seed", -1, "int"),
+    ("blocks", "all", "str"),
+    ("block_weights", "", "numbers"),
+    ("start", 0.0, "number"),
+    ("end", 1.0, "number"),
+    ("ref_images", None, "images"),
+    ("ref_weights", "", "numbers"),
+    ("refs", "", "str"),
+)
+ARG_NAMES = tuple(a[0] for a in ARGS)
+COMPONENT_NAMES = tuple(f"c{i + 1}" for i in range(MAX_COMPONENTS))
+ALL_NAMES = ARG_NAMES + COMPONENT_NAMES
+N_ARGS = len(ALL_NAMES)
+DEFAULTS = {name: default for name, default, _ in ARGS} | {c: 0.0 for c in COMPONENT_NAMES}
+_KIND = {name: kind for name, _, kind in ARGS} | {c: "number" for c in COMPONENT_NAMES}
+
+
+@dataclass(frozen=True)
+class ScriptArgs:
+    enabled: bool
+    params: StyleParams
+    ref_images: tuple = ()
+    ref_weights: tuple[float, ...] = ()
+    problems: tuple[str, ...] = field(default=())
+
+
+def defaults() -> list:
+    return [DEFAULTS[n] for n in ALL_NAMES]
+
+
+def parse(args: Sequence) -> ScriptArgs:
+    """The script's arguments, positional or as one dict, checked; raises ArgumentError."""
+    args = list(args)
+    if args and isinstance(args[0], Mapping):
+        values = _from_dict(args[0])
+    else:
+        if len(args) > N_ARGS:
+            raise ArgumentError(f"Style Components takes at most {N_ARGS} arguments, {len(args)} given")
+        values = dict(zip(ALL_NAMES, defaults()))
+        for name, value in zip(ALL_NAMES, args):
+            values[name] = value
+    v = {name: _check(name, values[name]) for name in ALL_NAMES}
+    components = [v[c] for c in COMPONENT_NAMES]
+    while components and components[-1] == 0.0:
+        components.pop()
+    if v["blocks"] not in BLOCK_PRESETS:
+        raise ArgumentError(f"blocks: {v['blocks']!r} is not one of {', '.join(BLOCK_PRESETS)}")
+    params = StyleParams(model=v["model"], components=tuple(components), multiplier=v["multiplier"],
+                         strength=v["strength"], blocks=v["blocks"],
+                         block_weights=v["block_weights"] if v["blocks"] == "custom" else (),
+                         start=v["start"], end=v["end"], seed=v["seed"] if v["random"] else None,
+                         refs=v["refs"])
+    images = tuple(v["ref_images"] or ())
+    weights = v["ref_weights"]
+    if images and weights and len(weights) != len(images):
+        raise ArgumentError(f"ref_weights: {len(weights)} weights for {len(images)} reference images")
+    if v["enabled"]:
+        problems = params.validate()
+        if problems:
+            raise ArgumentError("; ".join(problems))
+    return ScriptArgs(v["enabled"], params, images, weights)
+
+
+def _from_dict(d: Mapping) -> dict:
+    known = set(ALL_NAMES) | {"components"}
+    unknown = sorted(str(k) for k in d if k not in known)
+    if unknown:
+        raise ArgumentError(f"unknown argument {unknown[0]!r}; known: {', '.join(ARG_NAMES)}, components")
+    values = dict(zip(ALL_NAMES, defaults()))
+    if "components" in d:
+        comps = d["components"]
+        if isinstance(comps, str):
+            comps = _check("components", comps, "numbers")
+        if not isinstance(comps, (list, tuple)):
+            raise ArgumentError(f"components: expected a list of numbers, got {comps!r}")
+        if len(comps) > MAX_COMPONENTS:
+            raise ArgumentError(f"components: at most {MAX_COMPONENTS} values, {len(comps)} given")
+        for i, c in enumerate(comps):
+            if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c):
+                raise ArgumentError(f"components: value {i + 1} is {c!r}, not a finite number")
+        values.update(zip(COMPONENT_NAMES, comps))
+    values.update({k: val for k, val in d.items() if k != "components"})
+    if "seed" in d and "random" not in d:
+        values["random"] = True  # a seed alone asks for a random style
+    return values
+
+
+def _check(name: str, value, kind: str | None = None):
+    kind = kind or _KIND[name]
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ArgumentError(f"{name}: expected true or false, got {value!r}")
+    if kind == "str":
+        if value is None:
+            return ""
+        if isinstance(value, str):
+            return value
+        raise ArgumentError(f"{name}: expected a string, got {value!r}")
+    if kind == "number":
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        raise ArgumentError(f"{name}: expected a finite number, got {value!r}")
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+            raise ArgumentError(f"{name}: expected a whole number, got {value!r}")
+        return int(value)
+    if kind == "numbers":
+        if value is None or value == "":
+            return ()
+        if isinstance(value, str):
+            words = value.replace(",", " ").split()
+        elif isinstance(value, (list, tuple)):
+            words = list(value)
+        else:
+            raise ArgumentError(f"{name}: expected numbers (a list or 'a b c'), got {value!r}")
+        out = []
+        for w in words:
+            try:
+                x = float(w) if not isinstance(w, bool) else math.nan
+            except (TypeError, ValueError):
+                x = math.nan
+            if not math.isfinite(x):
+                raise ArgumentError(f"{name}: {w!r} is not a finite number")
+            out.append(x)
+        return tuple(out)
+    if kind == "images":
+        if value is None:
+            return ()
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            value = [value]
+        return tuple(value)
+    raise AssertionError(kind)
+
+
+def to_positional(params: StyleParams, enabled: bool = True) -> list:
+    """The positional arguments (= UI control values) that reproduce `params`."""
+    values = dict(zip(ALL_NAMES, defaults()))
+    values.update(enabled=enabled, model=params.model, multiplier=params.multiplier, strength=params.strength,
+                  random=params.seed is not None, seed=params.seed if params.seed is not None else -1,
+                  blocks=params.blocks, block_weights=" ".join(_fmt(w) for w in params.block_weights),
+                  start=params.start, end=params.end, refs=params.refs)
+    if len(params.components) > MAX_COMPONENTS:
+        raise ArgumentError(f"{len(params.components)} components, the UI has {MAX_COMPONENTS} sliders")
+    values.update(zip(COMPONENT_NAMES, params.components))
+    return [values[n] for n in ALL_NAMES]
+
+
+def controls_from_infotext(text: str | None) -> tuple[dict, list[str]]:
+    """Control values (by argument name) from the infotext entry; ({}, []) when absent."""
+    if not text:
+        return {"enabled": False}, []
+    params, problems = StyleParams.parse(text)
+    return dict(zip(ALL_NAMES, to_positional(params))), problems
+
+
+def infotext(params: StyleParams) -> str:
+    return params.to_infotext()
+
+
+def apply_overrides(params: StyleParams, overrides: Mapping[str, Any] | None) -> StyleParams:
+    """XYZ plot values: {"strength": x, "multiplier": x, "model": name, "component N": x (1-based)}."""
+    if not overrides:
+        return params
+    changes, comps = {}, list(params.components)
+    for key, value in overrides.items():
+        if key in ("strength", "multiplier"):
+            changes[key] = float(value)
+        elif key == "model":
+            changes["model"], changes["model_hash"] = str(value), ""
+        elif key.startswith("component "):
+            i = int(key.split()[1]) - 1
+            if not 0 <= i < MAX_COMPONENTS:
+                raise ArgumentError(f"{key}: components are numbered 1 to {MAX_COMPONENTS}")
+            comps += [0.0] * (i + 1 - len(comps))
+            comps[i] = float(value)
+            changes["seed"] = None
+        else:
+            raise ArgumentError(f"unknown override {key!r}")
+    return replace(params, components=tuple(comps), **changes)
+
+
+def _fmt(x: float) -> str:
+    r = repr(float(x))
+    return r[:-2] if r.endswith(".0") else r

@@ -1,0 +1,156 @@
+"""One generation's style: resolve the setting once, hook the UNet for each sampling pass.
+
+Host-agnostic lifecycle (A1111's script calls these; see scripts/style_components.py):
+
+    gen = Generation(params, model)                 # once per job, after validation
+    gen.start_pass(unet, image_seeds)               # before each sampling pass (hires: again)
+    gen.step(labels, step, total_steps)             # when the host announces a sampling step
+    ...the host calls the UNet any number of times; each call takes the next rows...
+    gen.end_pass()                                  # pass over, failed or interrupted
+    gen.close()                                     # job over
+
+Between passes, and on any UNet call that does not belong to an announced step, the UNet
+runs exactly as without the extension.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Callable, Sequence
+
+from .errors import IncompatibleModelError, StyleComponentsError
+from .rows import RowTracker
+
+OFF = math.inf  # a progress value outside every start-end range: hooks installed but inert
+
+
+class Generation:
+    def __init__(self, params, model, warn: Callable[[str], None] = print):
+        """params: params.StyleParams (validated); model: models.LoadedModel."""
+        self.params, self.model, self.warn = params, model, warn
+        self.handle = None
+        self.tracker = RowTracker()
+        self.progress = 0.0
+        self.disabled_reason: str | None = None
+        self.passes = 0
+        self.components: list[tuple[float, ...]] = []  # per image of the current pass
+        self._pre_hook = None
+
+    # -- the style of each image ---------------------------------------------------------
+    def image_components(self, image_seeds: Sequence[int | None]) -> list[tuple[float, ...]]:
+        k = self.model.k
+        return [self.params.effective_components(k, seed) for seed in image_seeds]
+
+    def layer_weights(self):
+        p = self.params
+        return list(p.block_weights) if p.blocks == "custom" else p.blocks
+
+    # -- passes --------------------------------------------------------------------------
+    def start_pass(self, unet, image_seeds: Sequence[int | None]) -> bool:
+        """Hook `unet` with one style per image; False (and one warning per job) when the
+        model does not fit this UNet: the pass then runs without style."""
+        self.end_pass()
+        if self.disabled_reason is not None:
+            return False
+        from . import inject
+        self.components = self.image_components(image_seeds)
+        try:
+            inputs = self.model.style_inputs(self.components)
+            p = self.params
+            self.handle = inject.apply(unet, self.model.adapter, inputs, strength=p.strength,
+                                       weights=self.layer_weights(), start=p.start, end=p.end)
+        except IncompatibleModelError as e:
+            self.disable(f"Style Components: {e}. This image is generated without the style.")
+            return False
+        self.handle.set_progress(OFF)
+        self._pre_hook = unet.register_forward_pre_hook(self._before_unet_call, with_kwargs=True)
+        self.tracker.clear()
+        self.passes += 1
+        return True
+
+    def step(self, labels: Sequence[int], step: int, total_steps: int | None) -> None:
+        """The host is about to run sampling step `step` of `total_steps` on a batch with `labels`."""
+        self.progress = step / total_steps if total_steps else 0.0
+        self.tracker.new_step(labels)
+
+    def _before_unet_call(self, module, args, kwargs):
+        if self.handle is None:
+            return None
+        x = args[0] if args else kwargs.get("x", kwargs.get("sample"))
+        rows = self.tracker.next_call(x.shape[0])
+        if rows is None:
+            self.handle.set_progress(OFF)
+        else:
+            self.handle.set_rows(rows)
+            self.handle.set_progress(self.progress)
+        return None
+
+    def end_pass(self) -> None:
+        if self._pre_hook is not None:
+            self._pre_hook.remove()
+            self._pre_hook = None
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+        self.tracker.clear()
+
+    def disable(self, message: str) -> None:
+        self.end_pass()
+        if self.disabled_reason is None:
+            self.disabled_reason = message
+            self.warn(message)
+
+    def close(self) -> None:
+        self.end_pass()
+
+    @property
+    def applied(self) -> bool:
+        return self.passes > 0 and self.disabled_reason is None
+
+
+def with_components(params, components: Sequence[float]):
+    """params with explicit slider values (e.g. extracted from reference images)."""
+    return replace(params, components=tuple(float(c) for c in components), seed=None)
+
+
+def wrap_sampling(sampler, methods: Sequence[str], before: Callable[[], None] | None, after: Callable[[], None]):
+    """Run `after` when the sampler's pass ends however it ends (return, exception, interruption).
+
+    Wraps the named bound methods on the sampler *instance* (the class is untouched); each
+    wrapper restores the original on its first call's exit, so it runs once per pass.
+    """
+    originals = {}
+
+    def restore():
+        for name, original in originals.items():
+            if sampler.__dict__.get(name) is wrappers.get(name):
+                del sampler.__dict__[name]
+                if name in own:
+                    setattr(sampler, name, own[name])
+
+    def make(name, original):
+        def wrapper(*args, **kwargs):
+            try:
+                if before is not None:
+                    before()
+                return original(*args, **kwargs)
+            finally:
+                restore()
+                after()
+        return wrapper
+
+    own = {name: sampler.__dict__[name] for name in methods if name in sampler.__dict__}
+    wrappers = {}
+    for name in methods:
+        original = getattr(sampler, name, None)
+        if original is None:
+            continue
+        originals[name] = original
+        wrappers[name] = make(name, original)
+        setattr(sampler, name, wrappers[name])
+    return restore
+
+
+class ArgumentError(StyleComponentsError):
+    """A script argument (UI, API, infotext) that cannot be used."""

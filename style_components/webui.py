@@ -1,0 +1,192 @@
+"""The AUTOMATIC1111 WebUI glue, host objects duck-typed: what `scripts/style_components.py` calls.
+
+It reads only the A1111 v1.10 surface below (tests drive it through a stand-in of it):
+- `p` (StableDiffusionProcessing): sd_model.model.diffusion_model, seeds, sampler (with
+  `sample`/`sample_img2img`), extra_generation_params, comment(), is_hr_pass;
+  `p.style_components_xyz` (a dict our XYZ axes set);
+- on_cfg_denoiser's params: x (the stacked step batch), text_uncond, denoiser (.p, .step,
+  .total_steps, .sampler.sampler_extra_args["cond"].batch).
+
+Lifecycle: `begin_job` in Script.process, `begin_pass` in process_before_every_sampling (the
+hooks come off when that pass's sampler call returns or raises, interruption included),
+`end_job` in postprocess; `cleanup_unet` before every job removes anything a crashed job left.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import script_args as sargs
+from .errors import StyleComponentsError
+from .inject import remove_all
+from .rows import infer_repeats, step_labels
+from .session import Generation, with_components, wrap_sampling
+
+ATTR = "_style_components"          # the job's Generation, on p
+ERROR_ATTR = "_style_components_error"
+XYZ_ATTR = "style_components_xyz"   # XYZ plot overrides, on p
+SAMPLER_METHODS = ("sample", "sample_img2img")
+
+
+def unet_of(p):
+    return p.sd_model.model.diffusion_model
+
+
+def cleanup_unet(p) -> None:
+    """Remove every style hook from p's UNet (one left by a job that crashed outside sampling)."""
+    try:
+        remove_all(unet_of(p))
+    except AttributeError:
+        pass
+
+
+def begin_job(p, args: Sequence, registry, warn: Callable[[str], None] = print,
+              load_extractor: Callable | None = None) -> Generation | None:
+    """Read the script's arguments, load the model, write the infotext; None when disabled.
+
+    A wrong argument or a missing model does not raise here (A1111 would only log it): it is
+    kept on p and raised when sampling starts, so that the API caller and the UI get the error.
+    """
+    cleanup_unet(p)
+    setattr(p, ATTR, None)
+    setattr(p, ERROR_ATTR, None)
+    try:
+        parsed = sargs.parse(args)
+        if not parsed.enabled:
+            return None
+        params = sargs.apply_overrides(parsed.params, getattr(p, XYZ_ATTR, None))
+        model = registry.load(params.model)
+        if parsed.ref_images:
+            params = _from_references(params, model, parsed, load_extractor)
+        params = finalize(params, model)
+    except StyleComponentsError as e:
+        setattr(p, ERROR_ATTR, f"Style Components: {e}")
+        warn(getattr(p, ERROR_ATTR))
+        return None
+    gen = Generation(params, model, warn=lambda m: _tell(p, m, warn))
+    setattr(p, ATTR, gen)
+    p.extra_generation_params[sargs.INFOTEXT_KEY] = params.to_infotext()
+    return gen
+
+
+def finalize(params, model):
+    """The parameters as used: K components written out, the model's name and hash, checked."""
+    k = model.k
+    comps = tuple(params.components) + (0.0,) * max(0, k - len(params.components))
+    if len(comps) > k and any(comps[k:]):
+        raise StyleComponentsError(f"{len(params.components)} component values given, model "
+                                   f"{model.info.name!r} has {k}")
+    params = replace(params, model=model.info.name, model_hash=model.info.hash, components=comps[:k])
+    problems = params.validate(layers=model.adapter.n_layers)
+    if problems:
+        raise StyleComponentsError("; ".join(problems))
+    return params
+
+
+def begin_pass(p, x=None) -> bool:
+    """Hook the UNet for the sampling pass that is about to start (first pass, hires pass)."""
+    error = getattr(p, ERROR_ATTR, None)
+    if error:
+        def fail():
+            raise StyleComponentsError(error)
+        wrap_sampling(p.sampler, SAMPLER_METHODS, fail, lambda: None)
+        return False
+    gen: Generation | None = getattr(p, ATTR, None)
+    if gen is None:
+        return False
+    seeds = list(getattr(p, "seeds", None) or [])
+    n = x.shape[0] if x is not None else len(seeds)
+    seeds = (seeds + [None] * n)[:n]
+    if not gen.start_pass(unet_of(p), seeds):
+        p.extra_generation_params.pop(sargs.INFOTEXT_KEY, None)
+        return False
+    wrap_sampling(p.sampler, SAMPLER_METHODS, None, gen.end_pass)
+    return True
+
+
+def on_cfg_denoiser(params) -> None:
+    """script_callbacks.on_cfg_denoiser: announce the step and its batch layout."""
+    denoiser = getattr(params, "denoiser", None)
+    gen: Generation | None = getattr(getattr(denoiser, "p", None), ATTR, None)
+    if gen is None or gen.handle is None:
+        return
+    gen.step(labels_of(params), getattr(denoiser, "step", 0), getattr(denoiser, "total_steps", None))
+
+
+def labels_of(params) -> list[int]:
+    """Style row labels of the stacked batch on_cfg_denoiser reports (cond rows per image, then uncond)."""
+    import torch
+    x = params.x
+    n_rows, n_images = x.shape[0], _rows(params.text_uncond)
+    repeats = None
+    try:
+        batch = params.denoiser.sampler.sampler_extra_args["cond"].batch
+        repeats = [len(b) for b in batch]
+        if len(repeats) != n_images or sum(repeats) + n_images != n_rows:
+            repeats = None
+    except (AttributeError, KeyError, TypeError):
+        pass
+    if repeats is None:
+        repeats = infer_repeats(n_rows, n_images,
+                                lambda r, i: torch.equal(x[r], x[n_rows - n_images + i]))
+    return step_labels(repeats)
+
+
+def end_job(p) -> None:
+    gen: Generation | None = getattr(p, ATTR, None)
+    if gen is not None:
+        gen.close()
+    cleanup_unet(p)
+
+
+def _rows(t) -> int:
+    if isinstance(t, dict):
+        t = t.get("crossattn", next(iter(t.values())))
+    return t.shape[0]
+
+
+def _tell(p, message: str, warn: Callable[[str], None]) -> None:
+    warn(message)
+    comment = getattr(p, "comment", None)
+    if callable(comment):
+        comment(message)
+
+
+# -- reference images ---------------------------------------------------------------------
+
+def decode_image(source):
+    """PIL image from a PIL image, a path, a gradio file dict, or base64 (with or without a data: prefix)."""
+    from PIL import Image
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, dict):  # gradio File / Image values
+        source = source.get("name") or source.get("path") or source.get("image") or source.get("data")
+    elif not isinstance(source, (str, bytes, Path)) and isinstance(getattr(source, "name", None), str):
+        source = source.name  # gradio 3 File: a tempfile wrapper
+    if isinstance(source, (str, Path)) and len(str(source)) < 4096 and Path(str(source)).is_file():
+        return Image.open(source)
+    if isinstance(source, str):
+        data = source.split(",", 1)[1] if source.startswith("data:") else source
+        try:
+            return Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
+        except Exception:
+            raise StyleComponentsError("ref_images: an entry is neither a file nor a base64-encoded image") from None
+    raise StyleComponentsError(f"ref_images: cannot read an image from {type(source).__name__}")
+
+
+def _from_references(params, model, parsed, load_extractor):
+    if model.space is None or model.info.extractor is None:
+        raise StyleComponentsError(f"model {model.info.name!r} has no extractor/style space to read reference images")
+    if load_extractor is None:
+        from .extract import Extractor
+        load_extractor = Extractor.load
+    extractor = load_extractor(model.info.extractor)
+    images = [decode_image(s) for s in parsed.ref_images]
+    embedding = extractor.embed(images, list(parsed.ref_weights) or None)
+    components = model.space.to_components(embedding.reshape(-1)).tolist()
+    note = params.refs or f"{len(images)} reference image{'s' if len(images) != 1 else ''}"
+    return replace(with_components(params, components), refs=note)

@@ -1,0 +1,94 @@
+"""Mirrors modules/sd_samplers_cfg_denoiser.py CFGDenoiser.forward: how one sampling step's
+UNet batch is laid out and split into UNet calls (written for these tests, same behaviour):
+
+- x_in = for each image i, repeats[i] copies of x[i] (AND prompts), then x (the uncond rows);
+- on_cfg_denoiser is called with that batch (params.x, text_cond, text_uncond, denoiser);
+- skip early CFG (opts.skip_early_cond) or negative guidance minimum sigma (s_min_uncond, on odd
+  steps unless opts.s_min_uncond_all) drop the uncond rows;
+- cond and uncond of the same token length: one call, or with opts.batch_cond_uncond off,
+  successive calls of batch_size rows taken in order over x_in (a call may mix cond and uncond
+  rows when AND prompts make the cond row count differ from batch_size);
+- different token lengths: calls over the cond rows (batch_size*2 at a time with
+  batch_cond_uncond, else batch_size), then one call on the uncond rows.
+"""
+import torch
+
+from modules import prompt_parser, sd_samplers_common
+from modules.script_callbacks import CFGDenoiserParams, cfg_denoiser_callback
+from modules.shared import opts, state
+
+
+class CFGDenoiser(torch.nn.Module):
+    def __init__(self, sampler):
+        super().__init__()
+        self.sampler, self.p = sampler, None
+        self.step, self.steps, self.total_steps = 0, None, None
+        self.mask = self.nmask = self.init_latent = None
+
+    def inner_model(self, x, sigma, cond):
+        return self.sampler.model_wrap(x, sigma, cond=cond)
+
+    def combine_denoised(self, x_out, conds_list, uncond, cond_scale):
+        denoised_uncond = x_out[-uncond.shape[0]:]
+        denoised = torch.clone(denoised_uncond)
+        for i, conds in enumerate(conds_list):
+            for cond_index, weight in conds:
+                denoised[i] += (x_out[cond_index] - denoised_uncond[i]) * (weight * cond_scale)
+        return denoised
+
+    def forward(self, x, sigma, uncond, cond, cond_scale, s_min_uncond, image_cond):
+        if state.interrupted or state.skipped:
+            raise sd_samplers_common.InterruptedException
+
+        conds_list, tensor = prompt_parser.reconstruct_multicond_batch(cond, self.step)
+        uncond = prompt_parser.reconstruct_cond_batch(uncond, self.step)
+        batch_size = len(conds_list)
+        repeats = [len(conds_list[i]) for i in range(batch_size)]
+        stack = lambda t: torch.cat([torch.stack([t[i]] * n) for i, n in enumerate(repeats)] + [t])
+        x_in, sigma_in, image_cond_in = stack(x), stack(sigma), stack(image_cond)
+
+        params = CFGDenoiserParams(x_in, image_cond_in, sigma_in, state.sampling_step, state.sampling_steps,
+                                   tensor, uncond, self)
+        cfg_denoiser_callback(params)
+        x_in, image_cond_in, sigma_in = params.x, params.image_cond, params.sigma
+        tensor, uncond = params.text_cond, params.text_uncond
+
+        skip_uncond = False
+        if opts.skip_early_cond != 0. and self.step / self.total_steps <= opts.skip_early_cond:
+            skip_uncond = True
+            self.p.extra_generation_params["Skip Early CFG"] = opts.skip_early_cond
+        elif (self.step % 2 or opts.s_min_uncond_all) and s_min_uncond > 0 and sigma[0] < s_min_uncond:
+            skip_uncond = True
+            self.p.extra_generation_params["NGMS"] = s_min_uncond
+        if skip_uncond:
+            x_in, sigma_in = x_in[:-batch_size], sigma_in[:-batch_size]
+
+        make = lambda c_crossattn, c_concat: {"c_crossattn": [c_crossattn], "c_concat": [c_concat]}
+        if tensor.shape[1] == uncond.shape[1] or skip_uncond:
+            cond_in = tensor if skip_uncond else torch.cat([tensor, uncond])
+            if opts.batch_cond_uncond:
+                x_out = self.inner_model(x_in, sigma_in, cond=make(cond_in, image_cond_in))
+            else:
+                x_out = torch.zeros_like(x_in)
+                for a in range(0, x_out.shape[0], batch_size):
+                    b = a + batch_size
+                    x_out[a:b] = self.inner_model(x_in[a:b], sigma_in[a:b], cond=make(cond_in[a:b], image_cond_in[a:b]))
+        else:
+            x_out = torch.zeros_like(x_in)
+            step = batch_size * 2 if opts.batch_cond_uncond else batch_size
+            for a in range(0, tensor.shape[0], step):
+                b = min(a + step, tensor.shape[0])
+                x_out[a:b] = self.inner_model(x_in[a:b], sigma_in[a:b], cond=make(tensor[a:b], image_cond_in[a:b]))
+            if not skip_uncond:
+                n = uncond.shape[0]
+                x_out[-n:] = self.inner_model(x_in[-n:], sigma_in[-n:], cond=make(uncond, image_cond_in[-n:]))
+
+        first_rows = [c[0][0] for c in conds_list]
+        if skip_uncond:
+            x_out = torch.cat([x_out, torch.cat([x_out[i:i + 1] for i in first_rows])])
+            denoised = self.combine_denoised(x_out, conds_list, uncond, 1.0)
+        else:
+            denoised = self.combine_denoised(x_out, conds_list, uncond, cond_scale)
+        self.sampler.last_latent = torch.cat([x_out[i:i + 1] for i in first_rows])
+        self.step += 1
+        return denoised

@@ -1,0 +1,200 @@
+"""Host-agnostic pieces of the A1111 extension: row layouts, model discovery, script arguments,
+the session lifecycle and the sampler wrapper (no UNet forwards: fast)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from style_components import models, script_args as sargs
+from style_components.inject import NULL as N
+from style_components.params import StyleParams
+from style_components.rows import RowTracker, infer_repeats, split_calls, step_labels
+from style_components.session import ArgumentError, wrap_sampling
+
+
+# -- rows ----------------------------------------------------------------------------------------
+
+def test_step_labels_and_split_calls_for_a1111_layouts():
+    assert step_labels([1]) == [0, N]
+    assert step_labels([1, 1]) == [0, 1, N, N]
+    assert step_labels([2, 1]) == [0, 0, 1, N, N]
+    labels = step_labels([1, 1])
+    assert split_calls(labels, [4]) == [[0, 1, N, N]]
+    assert split_calls(labels, [2, 2]) == [[0, 1], [N, N]]
+    assert split_calls(labels, [2]) == [[0, 1]]  # uncond skipped
+    assert split_calls(step_labels([2, 1]), [2, 2, 1]) == [[0, 0], [1, N], [N]]
+    with pytest.raises(ValueError, match="do not fit"):
+        split_calls(labels, [3, 2])
+
+
+@given(st.lists(st.integers(1, 3), min_size=1, max_size=4), st.data())
+def test_tracker_hands_out_successive_slices(repeats, data):
+    labels = step_labels(repeats)
+    sizes, left = [], len(labels)
+    while left:
+        n = data.draw(st.integers(1, left))
+        sizes.append(n)
+        left -= n
+    tracker = RowTracker()
+    tracker.new_step(labels)
+    assert [tracker.next_call(n) for n in sizes] == split_calls(labels, sizes)
+    assert tracker.next_call(1) is None  # a call beyond the announced batch gets no style
+    assert tracker.next_call(1) is None and tracker.unknown_calls == 2
+
+
+def test_tracker_without_an_announced_step_gives_nothing():
+    assert RowTracker().next_call(2) is None
+
+
+@given(st.lists(st.integers(1, 3), min_size=1, max_size=5))
+def test_infer_repeats_from_latent_copies(repeats):
+    owner = [i for i, r in enumerate(repeats) for _ in range(r)]
+    assert infer_repeats(len(owner) + len(repeats), len(repeats), lambda row, i: owner[row] == i) == repeats
+
+
+def test_infer_repeats_with_identical_latents_and_errors():
+    assert infer_repeats(4, 2) == [1, 1]
+    assert infer_repeats(5, 2, lambda r, i: True) == [2, 1]  # ambiguous: earlier images take the rows
+    with pytest.raises(ValueError, match="cannot tell"):
+        infer_repeats(5, 2)
+    with pytest.raises(ValueError, match="cannot hold"):
+        infer_repeats(3, 2)
+
+
+# -- models --------------------------------------------------------------------------------------
+
+def _write(path, fmt=None):
+    from style_components import files
+    files.write(path, {"x": torch.zeros(1)}, {"format": fmt} if fmt else {})
+
+
+def test_scan_groups_by_metadata_and_name(tmp_path):
+    a = tmp_path / "a"
+    _write(a / "anime.adapter.safetensors")                         # by name, no metadata (original release)
+    _write(a / "anime_space.safetensors", "style-components-space")
+    _write(a / "anime-extractor.safetensors", "style-components-extractor")
+    _write(a / "second.safetensors", "style-components-adapter")     # by metadata: shares the lone space
+    _write(a / "notes.safetensors")                                  # neither: ignored
+    b = tmp_path / "b"
+    _write(b / "anime.adapter.safetensors")                         # same name in a later folder: first wins
+    _write(b / "x" / "photo.ip-adapter.safetensors")
+    found = models.scan([a, b, tmp_path / "missing"])
+    assert sorted(found) == ["anime", "photo", "second"]
+    assert found["anime"].adapter == a / "anime.adapter.safetensors"
+    assert found["anime"].space == a / "anime_space.safetensors"
+    assert found["anime"].extractor == a / "anime-extractor.safetensors"
+    assert found["second"].space == a / "anime_space.safetensors"
+    assert found["photo"].space is None and found["photo"].extractor is None
+
+
+def test_metadata_is_read_from_the_header_only(tmp_path):
+    _write(tmp_path / "m.safetensors", "style-components-space")
+    assert models.read_metadata(tmp_path / "m.safetensors") == {"format": "style-components-space"}
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 20)
+    assert models.read_metadata(tmp_path / "junk.safetensors") == {}
+
+
+def test_registry_refresh_find_by_hash_and_unload(tmp_path, sd15_ldm_meta_adapter):
+    adapter, space = sd15_ldm_meta_adapter
+    adapter.save(tmp_path / "demo.adapter.safetensors")
+    reg = models.Registry([tmp_path])
+    assert reg.names() == ["demo"]
+    loaded = reg.load("demo")
+    assert loaded.k == 30 and reg.load("demo") is loaded  # loaded once
+    info = reg.find("", model_hash=loaded.info.hash.upper())
+    assert info is loaded.info
+    with pytest.raises(Exception, match="style model 'other' not found \\(known: demo\\)"):
+        reg.load("other")
+    (tmp_path / "demo.adapter.safetensors").unlink()
+    assert reg.refresh() == [] and reg.loaded is None
+    reg.unload()
+
+
+@pytest.fixture(scope="module")
+def sd15_ldm_meta_adapter():
+    from factories import adapter_for
+    from unets import ldm_unet
+    import a1111_env
+    return adapter_for(ldm_unet(device="meta"), d_in=30, hidden=None), a1111_env.make_space(30, 64)
+
+
+def test_style_inputs_through_space_or_direct(sd15_ldm_meta_adapter):
+    adapter, space = sd15_ldm_meta_adapter
+    info = models.ModelInfo("m", adapter=None)
+    direct = models.LoadedModel(info, adapter, None)
+    z = torch.randn(2, 30)
+    assert torch.equal(direct.style_inputs(z), z)
+    assert direct.style_inputs(z[:, :5]).shape == (2, 30)
+    import a1111_env
+    from factories import adapter_for
+    from unets import ldm_unet
+    wide = adapter_for(ldm_unet(device="meta"), d_in=64, hidden=None)
+    via_space = models.LoadedModel(info, wide, space)
+    assert torch.allclose(via_space.style_inputs(z), space.to_embedding(z))
+
+
+# -- script arguments ----------------------------------------------------------------------------
+
+def test_defaults_parse_to_disabled_default_params():
+    parsed = sargs.parse(sargs.defaults())
+    assert parsed.enabled is False and parsed.params == StyleParams()
+    assert sargs.parse([]) == parsed  # A1111 may send fewer arguments than the UI has
+
+
+def test_positional_round_trip_through_params():
+    params = StyleParams(model="m", components=(0.5, -1.25, 0.0, 2.0), multiplier=0.5, strength=1.5,
+                         blocks="custom", block_weights=tuple(float(i % 2) for i in range(16)),
+                         start=0.2, end=0.8, seed=42, refs="r")
+    assert sargs.parse(sargs.to_positional(params)).params == params
+    controls, problems = sargs.controls_from_infotext(params.to_infotext())
+    assert problems == [] and [controls[n] for n in sargs.ALL_NAMES] == sargs.to_positional(params)
+
+
+def test_block_weights_are_ignored_unless_custom():
+    parsed = sargs.parse([{"enabled": True, "blocks": "style", "block_weights": "1 2"}])
+    assert parsed.params.block_weights == ()
+
+
+def test_overrides_for_xyz():
+    p = StyleParams(components=(1.0,), seed=5)
+    q = sargs.apply_overrides(p, {"strength": "0.5", "component 3": 2, "model": "x"})
+    assert q.strength == 0.5 and q.components == (1.0, 0.0, 2.0) and q.model == "x" and q.seed is None
+    with pytest.raises(ArgumentError, match="unknown override"):
+        sargs.apply_overrides(p, {"colour": 1})
+
+
+# -- sampler wrapper -----------------------------------------------------------------------------
+
+class _Sampler:
+    def sample(self, x):
+        if x == "boom":
+            raise RuntimeError("boom")
+        return x * 2
+
+    def sample_img2img(self, x):
+        return x
+
+
+def test_wrap_sampling_runs_after_once_on_return_and_on_error():
+    s, ended = _Sampler(), []
+    wrap_sampling(s, ["sample", "sample_img2img"], None, lambda: ended.append(1))
+    assert s.sample(2) == 4 and ended == [1]
+    assert s.sample(2) == 4 and ended == [1]  # restored: the wrapper ran once
+    assert "sample" not in s.__dict__
+    wrap_sampling(s, ["sample"], None, lambda: ended.append(2))
+    with pytest.raises(RuntimeError):
+        s.sample("boom")
+    assert ended == [1, 2] and "sample" not in s.__dict__
+
+
+def test_wrap_sampling_before_can_fail_the_pass():
+    s, ended = _Sampler(), []
+
+    def fail():
+        raise ArgumentError("bad argument")
+    wrap_sampling(s, ["sample"], fail, lambda: ended.append(1))
+    with pytest.raises(ArgumentError, match="bad argument"):
+        s.sample(1)
+    assert ended == [1] and s.sample(1) == 2

@@ -1,0 +1,150 @@
+"""scripts/style_components.py run by the A1111 v1.10 stand-in over the real ldm SD1.5 UNet.
+
+8x8 latents, 1-2 Euler steps. Every UNet call is recorded (inputs and output) and replayed
+through the core directly, `inject.apply(..., rows=<the rows the test expects for that layout>)`:
+the extension must have derived the same rows from A1111's callbacks alone. Styles differ per
+image (seed -1: each image's own seed), and `test_a_wrong_row_label_is_visible` shows that any
+other label on any row changes the output far beyond the 1e-5 tolerance.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from a1111_env import args, assert_unet_clean, build_env, close, generate, replay, reset, restore, styles_for
+from style_components.inject import NULL as N
+
+LONG = " ".join(f"w{i}" for i in range(80))  # 80 words: 154 tokens against the negative's 77
+
+
+@pytest.fixture(scope="module")
+def env(sd15_ldm, tmp_path_factory):
+    return build_env(sd15_ldm, tmp_path_factory)
+
+
+@pytest.fixture(autouse=True)
+def clean_state(env):
+    saved = reset(env)
+    yield
+    restore(env, saved)
+
+
+LAYOUTS = {
+    "batch 1: [c0, u0]": (dict(batch_size=1), {}, [[0, N]]),
+    "batch 2: [c0, c1, u0, u1]": (dict(batch_size=2), {}, [[0, 1, N, N]]),
+    "batch_cond_uncond off: [c0, c1] then [u0, u1]": (dict(batch_size=2), {"batch_cond_uncond": False},
+                                                      [[0, 1], [N, N]]),
+    "different prompt lengths: [c0] then [u0]": (dict(batch_size=1, prompt=LONG), {}, [[0], [N]]),
+    "NGMS skips uncond: [c0, c1]": (dict(batch_size=2, s_min_uncond=100.0), {"s_min_uncond_all": True},
+                                    [[0, 1]]),
+    # AND prompt on image 0 only: cond rows [c0, c0', c1]; calls of batch_size rows in order over x_in
+    "AND prompt, batch_cond_uncond off: [c0, c0'], [c1, u0], [u1]": (
+        dict(batch_size=2, prompt=["a castle AND a moat", "a tower"], negative_prompt=["blurry", "blurry"]),
+        {"batch_cond_uncond": False}, [[0, 0], [1, N], [N]]),
+}
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_style_goes_to_the_right_rows_in_every_layout(env, name):
+    p_kw, opts, expected = LAYOUTS[name]
+    env["shared"].opts.data.update(opts)
+    calls = []
+    p, res = generate(env, args(random=True, seed=-1, strength=1.5), record=calls, **p_kw)
+    assert not env["errors"].reported
+    assert [c[0].shape[0] for c in calls] == [len(r) for r in expected], "the stand-in's layout changed"
+    assert all(c[4] for c in calls)
+    styles = styles_for(env, p.all_seeds)
+    groups = {}  # calls with the same shapes are replayed in one forward
+    for call, rows in zip(calls, expected):
+        groups.setdefault(tuple(call[2].shape[1:]), []).append((call, rows))
+    for group in groups.values():
+        wants = replay(env, [c for c, _ in group], styles, [r for _, r in group], strength=1.5)
+        for (call, rows), want in zip(group, wants):
+            assert close(call[3], want), rows
+    assert_unet_clean(env)
+
+
+def test_a_wrong_row_label_is_visible(env):
+    """Non-vacuity of the layout test: with these styles, giving any row another label (image 0 <-> 1,
+    cond <-> null) changes that row's output far beyond the tolerance."""
+    g = torch.Generator().manual_seed(9)
+    call = (torch.randn(4, 4, 8, 8, generator=g), torch.full((4,), 700), torch.randn(4, 77, 768, generator=g),
+            None, None)
+    styles = styles_for(env, [1000, 1001])
+    right, wrong = replay(env, [call, call], styles, [[0, 1, N, N], [1, 0, 0, 1]], strength=1.5)
+    for i in range(4):
+        assert not close(right[i], wrong[i], tol=1e-3), i
+
+
+def _probe(env):
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        return env["unet"](torch.randn(1, 4, 8, 8, generator=g), torch.full((1,), 400),
+                           context=torch.randn(1, 77, 768, generator=g))
+
+
+def test_hooks_gone_after_success_exception_and_interruption(env):
+    base = _probe(env)
+
+    seen = []  # success
+    generate(env, args(components=[2.0] * 30), record=seen)
+    assert seen[0][4], "the style was not hooked during sampling"
+    assert_unet_clean(env)
+
+    calls = {"n": 0}  # an exception inside the UNet while sampling: hooks are gone when it propagates
+
+    def fail(module, a, out):
+        calls["n"] += 1
+        assert module._forward_pre_hooks, "the style was not hooked during sampling"
+        raise RuntimeError("boom")
+    h = env["unet"].register_forward_hook(fail)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            generate(env, args(components=[2.0] * 30), steps=2)
+    finally:
+        h.remove()
+    assert calls["n"] == 1
+    assert_unet_clean(env)
+
+    from modules import script_callbacks  # interruption after the first step
+
+    def interrupt(params):
+        if params.denoiser.step == 0:  # the next step's denoiser call raises InterruptedException
+            env["shared"].state.interrupted = True
+    script_callbacks.on_cfg_denoiser(interrupt)
+    record = []
+    try:
+        generate(env, args(components=[2.0] * 30), record=record, steps=3)
+    finally:
+        script_callbacks.remove_callbacks_for_function(interrupt)
+    assert len(record) == 1 and record[0][4]
+    assert_unet_clean(env)
+    assert torch.equal(_probe(env), base)
+
+
+def test_hires_pass_is_styled_with_start_end_per_pass(env):
+    calls = []
+    generate(env, args(components=[1.5] * 30, start=0.0, end=0.5), record=calls, steps=2,
+             enable_hr=True, hr_scale=2.0, hr_second_pass_steps=2, denoising_strength=0.75)
+    # first pass 2 steps (8x8), hires pass int(0.75 * 2) + 1 = 2 steps (16x16); progress 0, 0.5 in each
+    assert [c[0].shape[-1] for c in calls] == [8, 8, 16, 16]
+    styles = env["space"].to_embedding(torch.tensor([[1.5] * 30]))
+    for size in (8, 16):
+        on, off = [c for c in calls if c[0].shape[-1] == size]
+        assert on[4] and off[4]  # hooked for the whole pass; inert once progress >= end
+        styled = replay(env, [on], styles, [[0, N]])[0]
+        plain_on, plain_off = replay(env, [on, off])
+        assert close(on[3], styled) and not close(on[3], plain_on, tol=1e-3)
+        assert close(off[3], plain_off)
+    assert_unet_clean(env)
+
+
+def test_img2img_is_styled(env):
+    calls = []
+    init = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    generate(env, args(components=[1.0] * 30), record=calls, img2img=True, init_latent=init, steps=1,
+             denoising_strength=0.9)
+    styles = env["space"].to_embedding(torch.tensor([[1.0] * 30]))
+    assert len(calls) == 1 and close(calls[0][3], replay(env, calls, styles, [[0, N]])[0])
+    assert_unet_clean(env)

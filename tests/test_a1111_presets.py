@@ -1,0 +1,62 @@
+"""Style presets built from image sets (the extension tab's core)."""
+
+import pytest
+import torch
+from PIL import Image
+
+import a1111_env
+from style_components import presets
+from style_components.errors import StyleComponentsError
+
+
+class FakeExtractor:
+    """Embeds an image as a fixed vector per colour; the weighted mean, as Extractor.embed does."""
+
+    def __init__(self, space):
+        self.space, self.calls = space, []
+
+    def embed(self, images, weights):
+        self.calls.append((len(images), weights))
+        embs = torch.stack([self.space.to_embedding(torch.full((30,), Image.open(i).getpixel((0, 0))[0] / 100))
+                            for i in images])
+        w = torch.tensor(weights or [1.0] * len(images))
+        return (embs * w[:, None]).sum(0) / w.sum()
+
+
+def test_build_save_list_rename_delete(tmp_path):
+    space = a1111_env.make_space(30, 64)
+    src = tmp_path / "images"
+    src.mkdir()
+    Image.new("RGB", (8, 8), (100, 0, 0)).save(src / "a.png")
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(src / "b.jpg")
+    (src / "notes.txt").write_text("not an image")
+    images = presets.images_in(src)
+    assert [p.name for p in images] == ["a.png", "b.jpg"]
+    comps = presets.build(FakeExtractor(space), space, images, [1, 3])
+    assert comps == pytest.approx([1.75] * 30, abs=1e-4)  # (1*1 + 3*2) / 4
+
+    folder = tmp_path / "presets"
+    saved = presets.save(folder, "Warm oils", comps, model="demo", source="2 images")
+    assert saved == presets.load(folder / "Warm oils.style.safetensors")
+    presets.save(folder, "other", [0.0] * 30, model="xl")
+    assert [p.name for p in presets.list_presets(folder, model="demo")] == ["Warm oils"]
+    with pytest.raises(StyleComponentsError, match="already exists"):
+        presets.save(folder, "Warm oils", comps)
+    presets.rename(folder, "Warm oils", "Cool oils")
+    assert [p.name for p in presets.list_presets(folder)] == ["Cool oils", "other"]
+    assert presets.find(folder, "Cool oils").components == saved.components
+    presets.delete(folder, "other")
+    assert [p.name for p in presets.list_presets(folder)] == ["Cool oils"]
+    with pytest.raises(StyleComponentsError, match="not found"):
+        presets.delete(folder, "other")
+
+
+@pytest.mark.parametrize("bad", ["", "../escape", "a/b", ".hidden", "x" * 101, "name."])
+def test_unsafe_names_are_refused(tmp_path, bad):
+    with pytest.raises(StyleComponentsError, match="preset name"):
+        presets.save(tmp_path, bad, [0.0])
+
+
+def test_folder_without_images_is_a_clear_error(tmp_path):
+    with pytest.raises(StyleComponentsError, match="no images"):
+        presets.images_in(tmp_path)

@@ -1,0 +1,193 @@
+"""The script's wiring (infotext, API arguments, XYZ axes, settings, reference images) run by
+the A1111 v1.10 stand-in. These tests check values and bit-identical regeneration, not row
+layouts (test_a1111_generation.py does that on SD1.5), so they use a narrow ldm UNetModel of
+the same class and block layout (16 attn2) to keep CPU time low."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+import torch
+
+from a1111_env import args, assert_unet_clean, build_env, close, generate, reset, restore
+from style_components import script_args as sargs
+from style_components.errors import StyleComponentsError
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    from unets import ldm_unet
+    unet = ldm_unet(model_channels=32, context_dim=64, num_heads=4)
+    return build_env(unet, tmp_path_factory, context_dim=64)
+
+
+@pytest.fixture(autouse=True)
+def clean_state(env):
+    saved = reset(env)
+    yield
+    restore(env, saved)
+
+
+def paste(env, infotext):
+    """What "Send to txt2img" / PNG info does: parse the infotext, run every infotext_fields reader."""
+    from modules import infotext_utils
+    params = infotext_utils.parse_generation_parameters(infotext)
+    return [read(params) for _, read in env["module"].infotext_fields()]
+
+
+def test_disabled_extension_is_bit_identical_to_no_extension(env):
+    _, bare = generate(env, None, batch_size=2)
+    _, off = generate(env, args(enabled=False), batch_size=2)
+    assert all(torch.equal(a, b) for a, b in zip(off.images, bare.images))
+    assert sargs.INFOTEXT_KEY not in off.info
+    _, on = generate(env, args(components=[1.0] * 30), batch_size=2)
+    assert not torch.equal(on.images[0], bare.images[0])
+    assert_unet_clean(env)
+
+
+def test_infotext_round_trip_restores_every_control_and_the_image(env):
+    weights = [0.5 * (i % 3) for i in range(16)]
+    original = args(multiplier=0.7, strength=1.25, blocks="custom", block_weights=" ".join(map(str, weights)),
+                    start=0.1, end=0.9, refs="two paintings", components=[0.01 * i - 0.1 for i in range(30)])
+    p, res = generate(env, original, steps=2)
+    assert sargs.INFOTEXT_KEY + ": " in res.info
+    pasted = paste(env, res.info)
+    restored = dict(zip(sargs.ALL_NAMES, pasted))
+    want = dict(zip(sargs.ALL_NAMES, original))
+    want["block_weights"] = " ".join(sargs._fmt(w) for w in weights)
+    for name in sargs.ALL_NAMES:
+        if name != "ref_images":
+            assert restored[name] == want[name], name
+    _, again = generate(env, pasted, steps=2)  # regenerating from the pasted controls: same image
+    assert torch.equal(again.images[0], res.images[0])
+    assert again.info == res.info
+
+
+def test_random_per_image_style_round_trip_and_batch_count(env):
+    p, res = generate(env, args(random=True, seed=-1), batch_size=2, n_iter=2)
+    assert len(res.images) == 4
+    assert len({tuple(im.flatten()[:8].tolist()) for im in res.images}) == 4
+    restored = dict(zip(sargs.ALL_NAMES, paste(env, res.infotexts[3])))
+    assert restored["random"] is True and restored["seed"] == -1
+    # image 4 alone, from its own infotext seed, is the same image (its style comes from its seed)
+    _, again = generate(env, paste(env, res.infotexts[3]), seed=p.all_seeds[3], batch_size=1)
+    assert close(again.images[0], res.images[3])  # batch 1 vs 2: float summation order only
+    _, fixed = generate(env, args(random=True, seed=p.all_seeds[3]), seed=p.all_seeds[3])
+    assert close(fixed.images[0], res.images[3])
+
+
+def test_paste_without_the_key_disables_and_leaves_other_controls(env):
+    restored = paste(env, "a castle\nNegative prompt: blurry\nSteps: 2, Seed: 3")
+    assert restored[0] is False and all(v is None for v in restored[1:])
+
+
+def test_api_dict_and_positional_forms_are_equivalent(env):
+    comps = [0.25 * ((i % 5) - 2) for i in range(30)]
+    positional = args(strength=0.8, components=comps)
+    as_dict = [{"enabled": True, "model": "demo", "strength": 0.8, "components": comps}]
+    assert sargs.parse(as_dict) == sargs.parse(positional)
+    _, a = generate(env, positional)
+    _, b = generate(env, as_dict)
+    assert torch.equal(a.images[0], b.images[0]) and a.info == b.info
+    assert sargs.parse([{"enabled": True, "seed": 7}]).params.seed == 7  # a seed alone asks for random
+    with pytest.raises(StyleComponentsError, match=f"at most {sargs.N_ARGS} arguments"):
+        sargs.parse([True] * (sargs.N_ARGS + 1))
+
+
+@pytest.mark.parametrize("bad,message", [
+    ([{"enabled": True, "strenght": 0.8}], "unknown argument 'strenght'"),
+    ([{"enabled": True, "strength": "strong"}], "strength: expected a finite number, got 'strong'"),
+    ([{"enabled": True, "components": [1, "x"]}], "components: value 2 is 'x', not a finite number"),
+    (args(blocks="everything"), "blocks: 'everything' is not one of"),
+    (args(start=0.8, end=0.2), "range: start 0.8 and end 0.2"),
+    (args(model="nope"), "style model 'nope' not found"),
+    (args(blocks="custom", block_weights="1 0 1"), "weights: 3 given, the adapter has 16"),
+    ([True, "demo", "1.0"], "multiplier: expected a finite number"),
+])
+def test_wrong_argument_fails_the_request_with_a_clear_error(env, bad, message):
+    import re
+    with pytest.raises(StyleComponentsError, match=re.escape(message)):
+        generate(env, bad)
+    assert_unet_clean(env)
+
+
+def test_reference_images_as_base64_fill_the_components(env, monkeypatch):
+    from PIL import Image
+    from style_components import files
+    seen = {}
+
+    class FakeExtractor:  # the real one is tested in test_extract.py; here only the wiring matters
+        def embed(self, images, weights):
+            seen["sizes"], seen["weights"] = [im.size for im in images], weights
+            return env["space"].to_embedding(torch.tensor([0.5] * 30))
+
+    module = env["module"]
+    monkeypatch.setattr(module, "load_extractor", lambda path: FakeExtractor())
+    extractor_file = module.registry.find("demo").adapter.parent / "demo.extractor.safetensors"
+    files.write(extractor_file, {"x": torch.zeros(1)}, {"format": "style-components-extractor"})
+    module.registry.refresh()
+    try:
+        buf = io.BytesIO()
+        Image.new("RGB", (20, 10), (200, 30, 30)).save(buf, format="PNG")
+        b64 = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+        p, res = generate(env, [{"enabled": True, "model": "demo", "ref_images": [b64, b64[22:]],
+                                 "ref_weights": [1, 3]}])
+        with pytest.raises(StyleComponentsError, match="neither a file nor a base64"):
+            generate(env, [{"enabled": True, "model": "demo", "ref_images": ["not an image"]}])
+    finally:
+        extractor_file.unlink()
+        module.registry.refresh()
+    assert seen == {"sizes": [(20, 10), (20, 10)], "weights": [1.0, 3.0]}
+    restored = dict(zip(sargs.ALL_NAMES, paste(env, res.info)))
+    assert [round(restored[c], 4) for c in sargs.COMPONENT_NAMES[:30]] == [0.5] * 30
+    assert restored["refs"] == "2 reference images"
+
+
+def test_xyz_axes_are_registered_and_override_the_values(env):
+    import xyz_grid
+    from modules import script_callbacks, scripts
+    xyz_grid.Script.__module__ = "xyz_grid.py"  # A1111 names script modules after their file
+    scripts.scripts_data.append(scripts.ScriptClassData(xyz_grid.Script, "xyz_grid.py", "", xyz_grid))
+    try:
+        script_callbacks.before_ui_callback()
+        script_callbacks.before_ui_callback()  # a UI reload does not add them twice
+    finally:
+        scripts.scripts_data.pop()
+    labels = [a.label for a in xyz_grid.axis_options]
+    for label in ("Style strength", "Style multiplier", "Style model", "Style component 1", "Style component 30"):
+        assert labels.count(label) == 1, label
+    axis = {a.label: a for a in xyz_grid.axis_options}
+    assert axis["Style model"].choices() == ["demo", "xl"]
+    proc = env["processing"]
+    p = proc.StableDiffusionProcessingTxt2Img(
+        sd_model=proc.StandinSDModel(env["unet"], context_dim=64), prompt="a", seed=1, steps=1,
+        scripts=__import__("a1111_env").runner(env["module"]), script_args=[None] + args())
+    axis["Style strength"].apply(p, 0.5, [0.5])
+    axis["Style component 3"].apply(p, 2.0, [2.0])
+    res = proc.process_images(p)
+    restored = dict(zip(sargs.ALL_NAMES, paste(env, res.info)))
+    assert restored["strength"] == 0.5 and restored["c3"] == 2.0 and restored["c2"] == 0.0
+
+
+def test_settings_are_registered(env):
+    from modules import script_callbacks, shared
+    script_callbacks.ui_settings_callback()
+    for key in ("style_components_model_dir", "style_components_extractor_device",
+                "style_components_extractor_precision", "style_components_keep_loaded"):
+        assert key in shared.opts.data_labels
+    assert shared.opts.data_labels["style_components_keep_loaded"].section[0] == "style_components"
+
+
+def test_sdxl_adapter_on_sd1_gives_one_message_and_an_unstyled_image(env, capsys):
+    hires = dict(enable_hr=True, steps=1, hr_second_pass_steps=1, denoising_strength=0.9)
+    _, bare = generate(env, None, **hires)
+    p, res = generate(env, args(model="xl", components=[1.0] * 30), **hires)
+    assert torch.equal(res.images[0], bare.images[0])
+    out = capsys.readouterr().out
+    assert out.count("for SDXL (70 cross-attention layers); this UNet is SD1 (16)") == 1
+    assert len(p.comments) == 1 and "without the style" in next(iter(p.comments))
+    assert sargs.INFOTEXT_KEY not in res.info
+    assert not env["errors"].reported
+    assert_unet_clean(env)
