@@ -19,13 +19,14 @@ def processor_keys(unet):
     return {name.removesuffix(".processor"): i for i, name in enumerate(unet.attn_processors)}
 
 
-def test_diffusers_sd15_keys_follow_attn_processors_order():
-    unet = diffusers_unet(SD15_DIFFUSERS, device="meta")
+@pytest.mark.parametrize("config,n", [(SD15_DIFFUSERS, 16), (SDXL_DIFFUSERS, 70)])
+def test_diffusers_keys_follow_attn_processors_order(config, n):
+    unet = diffusers_unet(config, device="meta")
     layers = find_attn2(unet)
     positions = processor_keys(unet)
-    assert len(layers) == 16
+    assert len(layers) == n
     assert [l.key for l in layers] == [positions[l.name] for l in layers]
-    assert sorted(l.key for l in layers) == list(range(1, 32, 2))
+    assert sorted(l.key for l in layers) == list(range(1, 2 * n, 2))
 
 
 def test_ldm_sd15_keys_match_diffusers_and_the_table():
@@ -53,15 +54,6 @@ def test_ldm_call_order_is_the_forward_order(sd15_ldm):
             h.remove()
     assert called == [l.name for l in layers]
     assert [l.order for l in layers] == list(range(16))
-
-
-def test_sdxl_layout_has_70_layers_keyed_like_attn_processors():
-    unet = diffusers_unet(SDXL_DIFFUSERS, device="meta")
-    layers = find_attn2(unet)
-    positions = processor_keys(unet)
-    assert len(layers) == 70
-    assert [l.key for l in layers] == [positions[l.name] for l in layers]
-    assert sorted(l.key for l in layers) == list(range(1, 140, 2))
 
 
 def selected(preset, layers):
