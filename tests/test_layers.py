@@ -85,3 +85,17 @@ def test_unknown_preset_and_foreign_modules_are_refused():
         preset_weights("styel", layers)
     with pytest.raises(IncompatibleModelError, match="no cross-attention layers"):
         find_attn2(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_sgm_style_sdxl_layout_matches_diffusers_sdxl():
+    """A1111's SDXL UNet (sgm) names blocks like ldm; its 70 layers must key like diffusers' SDXL."""
+    from unets import ldm_sdxl_layout
+    sgm_like, dif = find_attn2(ldm_sdxl_layout()), find_attn2(diffusers_unet(SDXL_DIFFUSERS, device="meta"))
+    assert len(sgm_like) == 70
+    dif_by_place = {(l.block, l.depth): l for l in dif}
+    for layer in sgm_like:
+        twin = dif_by_place[(layer.block, layer.depth)]
+        assert (layer.key, layer.order) == (twin.key, twin.order), layer.name
+        assert layer.module.to_v.weight.shape == twin.module.to_v.weight.shape
+    assert [l.name.split(".transformer_blocks")[0] for l, w in zip(sgm_like, preset_weights("style", sgm_like)) if w] \
+        == ["output_blocks.1.1"] * 10  # up_blocks.0.attentions.1 in diffusers terms

@@ -55,3 +55,26 @@ def diffusers_unet(config: dict, device: str | None = None) -> nn.Module:
     with torch.device(device or "cpu"):
         unet = UNet2DConditionModel(**config)
     return unet if device == "meta" else real_weights(unet)
+
+
+def ldm_sdxl_layout(device: str = "meta") -> nn.Module:
+    """An ldm UNetModel with SDXL's block layout, standing in for sgm's (not on PyPI; same names).
+
+    ldm takes one transformer depth for all levels; SDXL has 2 at level 1 and 10 at level 2
+    and in the middle, so the transformer block lists are lengthened after construction.
+    """
+    import copy
+
+    from ldm.modules.attention import SpatialTransformer
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+    with torch.device(device):
+        unet = UNetModel(image_size=128, in_channels=4, out_channels=4, model_channels=320,
+                         attention_resolutions=[2, 4], num_res_blocks=2, channel_mult=[1, 2, 4], num_head_channels=64,
+                         use_spatial_transformer=True, use_linear_in_transformer=True, transformer_depth=1,
+                         context_dim=2048, use_checkpoint=False, legacy=False)
+    for module in unet.modules():
+        if isinstance(module, SpatialTransformer):
+            depth = 2 if module.transformer_blocks[0].attn2.to_v.weight.shape[0] == 640 else 10
+            first = module.transformer_blocks[0]
+            module.transformer_blocks.extend(copy.deepcopy(first) for _ in range(depth - 1))
+    return unet
