@@ -102,12 +102,50 @@ def _add_training(commands: argparse._SubParsersAction) -> None:
         sub.set_defaults(run=run)
 
 
+# --- extract ------------------------------------------------------------------------------
+
+def _weighted_image(text: str) -> tuple[str, float]:
+    """IMAGE or IMAGE:WEIGHT (a Windows drive letter's colon is not a weight)."""
+    path, sep, weight = text.rpartition(":")
+    if sep and path and weight.replace(".", "", 1).isdigit():
+        return path, float(weight)
+    return text, 1.0
+
+
+def _extract(args: argparse.Namespace) -> None:
+    from .extract import Extractor
+    from .space import StyleSpace
+
+    space = StyleSpace.load(args.space)
+    extractor = Extractor.load(args.extractor, device=args.device)
+    if extractor.dim != space.d:
+        raise StyleComponentsError(f"the extractor gives {extractor.dim}-d embeddings, "
+                                   f"the style space {space.name!r} describes {space.d}-d ones")
+    paths, weights = zip(*args.images)
+    z = space.to_components(extractor.embed(list(paths), list(weights)))
+    # the import box of the UI reads this line back
+    print(", ".join(f"{v:.2f}" for v in z.tolist()))
+
+
+def _add_extract(commands: argparse._SubParsersAction) -> None:
+    extract = commands.add_parser(
+        "extract", help="reference images -> style component values",
+        description="Print the style components of one or more images (their weighted mean embedding), "
+                    "one line of comma-separated values to paste into the UI's import box.")
+    extract.add_argument("images", nargs="+", type=_weighted_image, metavar="IMAGE[:WEIGHT]")
+    extract.add_argument("--extractor", required=True, help="extractor .safetensors file")
+    extract.add_argument("--space", required=True, help="style space .safetensors file")
+    extract.add_argument("--device", default="cpu")
+    extract.set_defaults(run=_extract)
+
+
 # --- entry point --------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="style-components", description="Style Components tools.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_convert(commands)
+    _add_extract(commands)
     _add_training(commands)
     return parser
 

@@ -32,6 +32,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 V03_AREA = (518 * 1.3) ** 2  # target pixel count of v0.3 inputs
 PATCH = 14                   # v0.3 sizes are whole ViT patches
 V02_SHORT_SIDE = 336
+ICON_SIDE = 64               # the demo icon world's encoder input
 
 ImageInput = Union[Image.Image, str, Path, np.ndarray]
 
@@ -104,7 +105,13 @@ def resize_v02(image: Image.Image) -> Image.Image:
     return _resize(image, (V02_SHORT_SIDE, long) if w <= h else (long, V02_SHORT_SIDE))
 
 
-PREPROCESS: dict[str, Callable[[Image.Image], Image.Image]] = {"v0.2": resize_v02, "v0.3": resize_v03}
+def resize_icon64(image: Image.Image) -> Image.Image:
+    """icon64 (the demo icon encoder): bicubic cover-and-centre-crop to 64 x 64."""
+    return cover_and_crop(image, ICON_SIDE, ICON_SIDE)
+
+
+PREPROCESS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "v0.2": resize_v02, "v0.3": resize_v03, "icon64": resize_icon64}
 
 
 def to_tensor(image: Image.Image, mean: Sequence[float] = IMAGENET_MEAN,
@@ -298,6 +305,8 @@ def _channel_values(path, meta: Mapping[str, str], entry: str, default: Sequence
 def _build_model(path, architecture: str, kwargs: dict) -> torch.nn.Module:
     try:
         import timm
+
+        from . import stylenet  # noqa: F401  registers the project's own architecture with timm
     except ImportError as e:
         raise StyleComponentsError(f"loading the style extractor {path} needs timm "
                                    f"(pip install timm): {e}") from None

@@ -108,8 +108,9 @@ def test_v02_short_side_is_336():
 
 
 def test_registry_and_unknown_preprocessing():
-    assert set(PREPROCESS) == {"v0.2", "v0.3"}
-    with pytest.raises(ValueError, match="unknown preprocessing 'v0.9'.*v0.2, v0.3"):
+    assert set(PREPROCESS) == {"v0.2", "v0.3", "icon64"}
+    assert preprocess_image(noise_image(50, 80), "icon64").shape == (3, 64, 64)
+    with pytest.raises(ValueError, match="unknown preprocessing 'v0.9'.*icon64, v0.2, v0.3"):
         preprocess_image(noise_image(50, 50), "v0.9")
 
 
@@ -402,3 +403,51 @@ def test_missing_timm_is_explained(saved, monkeypatch):
 def test_save_refuses_unknown_preprocessing(tmp_path):
     with pytest.raises(ValueError, match="unknown preprocessing"):
         Extractor.save(tiny_model(), tmp_path / "x.safetensors", ARCH, KWARGS, "v1")
+
+
+# --- command line ------------------------------------------------------------------------------
+
+def test_cli_extract_prints_the_weighted_components(saved, tmp_path, capsys):
+    from style_components import cli
+    from style_components.space import StyleSpace
+
+    torch.manual_seed(1)
+    basis = torch.linalg.qr(torch.randn(64, 5)).Q.T  # 5 orthonormal components of 64-d embeddings
+    space = StyleSpace(torch.randn(64), basis, torch.rand(5) + 0.5, name="test space")
+    space.save(tmp_path / "space.safetensors")
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    noise_image(300, 200, seed=1).save(a)
+    noise_image(200, 300, seed=2).save(b)
+
+    assert cli.main(["extract", f"{a}", f"{b}:3", "--extractor", str(saved[0]), "--space", str(tmp_path / "space.safetensors")]) == 0
+    printed = [float(v) for v in capsys.readouterr().out.split(",")]
+    extractor = Extractor.load(saved[0])
+    want = space.to_components(extractor.embed([a, b], [1, 3]))
+    assert len(printed) == 5
+    torch.testing.assert_close(torch.tensor(printed), want, atol=0.005, rtol=0)
+
+
+def test_cli_extract_names_a_dimension_mismatch(saved, tmp_path, capsys):
+    from style_components import cli
+    from style_components.space import StyleSpace
+
+    StyleSpace(torch.zeros(32), torch.eye(32)[:3], torch.ones(3)).save(tmp_path / "space.safetensors")
+    image = tmp_path / "a.png"
+    noise_image(100, 100).save(image)
+    assert cli.main(["extract", str(image), "--extractor", str(saved[0]), "--space", str(tmp_path / "space.safetensors")]) == 2
+    assert "gives 64-d embeddings" in capsys.readouterr().err
+
+
+def test_shipped_demo_extractor_loads_from_the_core_alone():
+    """models/demo's encoder names the project's own architecture and icon64 rule; no training import needed."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys; from style_components.extract import Extractor; from PIL import Image; "
+            "e = Extractor.load('models/demo/icon_style_extractor.safetensors'); "
+            "v = e.embed(Image.new('RGB', (48, 48), (200, 30, 30))); "
+            "assert 'style_components.train' not in sys.modules; print(e.preprocess, v.shape[0])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["icon64", "128"]

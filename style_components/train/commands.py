@@ -1,0 +1,66 @@
+"""Command-line arguments of the training commands, kept free of heavy imports (torch, sklearn)
+so that `style-components --help` stays quick. Each module's `run(args)` does the work."""
+from __future__ import annotations
+import argparse
+from . import config
+
+
+def dataset_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", help="output folder (manifest.jsonl, shards/, dataset.json)")
+    p.add_argument("--root", default=config.ICON_ROOT, help=f"icon themes folder (default {config.ICON_ROOT})")
+    p.add_argument("--size", type=int, default=config.IMAGE_SIZE, help="rasterised size in px")
+    p.add_argument("--min-themes", type=int, default=config.MIN_THEMES,
+                   help="keep names drawn by at least this many themes")
+    p.add_argument("--workers", type=int, default=2, help="parallel rasterisers")
+    p.add_argument("--theme", action="append", metavar="LABEL=FOLDER[,FOLDER...]",
+                   help="use these folders (names under --root) instead of the Debian packages of "
+                        "config.THEME_PACKAGES; repeat per theme")
+
+
+def fit_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="dataset folder (from `style-components dataset`)")
+    p.add_argument("run_dir", help="checkpoint, history, loss.png and extractor.safetensors go here")
+    p.add_argument("--steps", type=int, default=3000, help="total optimiser steps (the LR schedule's length)")
+    p.add_argument("--batch-themes", type=int, default=19, help="themes per batch")
+    p.add_argument("--per-theme", type=int, default=4, help="images per theme per batch (x2 views)")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--temperature", type=float, default=0.1)
+    p.add_argument("--dim", type=int, default=128, help="embedding size")
+    p.add_argument("--width", type=int, default=16, help="channels of the first stage (x2 per stage)")
+    p.add_argument("--depth", type=int, default=2, help="conv layers per stage")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=250, help="held-out kNN every N steps (0: never)")
+    p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps")
+    p.add_argument("--max-minutes", type=float, default=0, help="stop (resumably) after this many minutes")
+    p.add_argument("--name", default="icon-style-encoder", help="extractor display name")
+    p.add_argument("--fp32", action="store_true", help="export float32 weights (default float16)")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is there")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="dataset folder")
+    p.add_argument("extractor", help="extractor .safetensors")
+    p.add_argument("--out", help="write the JSON report here")
+
+
+def pca_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="dataset folder")
+    p.add_argument("extractor", help="extractor .safetensors")
+    p.add_argument("out", help="style-space .safetensors to write (a .json with the choice of K beside it)")
+    p.add_argument("--k", type=int, help="number of components (default: by --variance)")
+    p.add_argument("--variance", type=float, default=0.9, help="fraction of variance K must reach")
+    p.add_argument("--max-k", type=int, default=30, help="upper bound on K")
+    p.add_argument("--name", help="display name")
+
+
+def atlas_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="dataset folder (the icons shown)")
+    p.add_argument("extractor", help="extractor .safetensors")
+    p.add_argument("space", help="style-space .safetensors")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--n", type=int, default=8, help="icons at each end of a strip")
+    p.add_argument("--scale", type=int, default=1, help="pixel zoom of the icons")
+

@@ -1,0 +1,363 @@
+"""Icon-theme dataset: freedesktop icon themes as "artists" drawing the same named subjects.
+
+Build it (reads installed themes, installs nothing; see tools/install_icon_themes.sh):
+
+    python -m style_components.train.dataset OUT_DIR [--root /usr/share/icons] [--size 64]
+    style-components dataset OUT_DIR ...
+
+Rules (each measured to matter on the Debian themes):
+- a package installs several theme folders (dark/light variants inheriting from the main one):
+  its main folder is the one its siblings inherit from, else the one with most own icons;
+- only a theme's own files count (no `Inherits=`, no symlinks leading out of its folder);
+- symbolic (monochrome) icons are skipped, so are HiDPI (`Scale=2`) copies;
+- per icon name, the source closest to the target size is rasterised (exact size, then
+  scalable SVG, then the smallest larger PNG, then the largest smaller one), SVG with
+  `rsvg-convert`, PNG with Pillow, composited on a fixed background;
+- images whose pixels occur in more than one theme are dropped everywhere (derived themes
+  ship identical files); within a theme, an image shared by aliases is kept once;
+- only names drawn by at least `min_themes` themes are kept, so content is shared.
+
+Output: `manifest.jsonl` (one row per image: theme, name, family, heldout, path, source
+sha256, shard, index), `shards/images_NNNNN.npy` (uint8 [n, S, S, 3]), `dataset.json` (stats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from . import config
+
+EXTENSIONS = (".svg", ".png")
+
+
+# --- index.theme ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ThemeIndex:
+    folder: Path
+    name: str
+    inherits: tuple[str, ...]
+    directories: dict  # subdir -> {"size": int, "type": str, "scale": int, "context": str}
+
+
+def read_index(folder: Path) -> ThemeIndex | None:
+    """Parse `folder/index.theme`; None when the folder is not an icon theme."""
+    path = Path(folder) / "index.theme"
+    if not path.is_file():
+        return None
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.optionxform = str  # keys are case-sensitive in the spec
+    try:
+        parser.read_string(path.read_text(encoding="utf-8", errors="replace"))
+    except configparser.Error:
+        return None
+    if not parser.has_section("Icon Theme"):
+        return None
+    head = parser["Icon Theme"]
+    inherits = tuple(s.strip() for s in head.get("Inherits", "").split(",") if s.strip())
+    subdirs = [s.strip() for s in head.get("Directories", "").split(",") if s.strip()]
+    directories = {}
+    for sub in subdirs:
+        sec = parser[sub] if parser.has_section(sub) else {}
+        try:
+            size = int(sec.get("Size", "0"))
+            scale = int(sec.get("Scale", "1"))
+        except ValueError:
+            continue
+        directories[sub] = {"size": size, "type": sec.get("Type", "Threshold"), "scale": scale,
+                            "context": sec.get("Context", "")}
+    return ThemeIndex(Path(folder), head.get("Name", Path(folder).name), inherits, directories)
+
+
+def package_folders(package: str, root: Path) -> list[Path]:
+    """Theme folders (with an index.theme) that a Debian package installs under `root`."""
+    out = subprocess.run(["dpkg-query", "-L", package], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"package {package} is not installed (run tools/install_icon_themes.sh)")
+    folders = []
+    for line in out.stdout.splitlines():
+        p = Path(line)
+        if p.name == "index.theme" and p.parent.parent == Path(root):
+            folders.append(p.parent)
+    return sorted(folders)
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str        # icon name (file stem)
+    path: Path
+    size: int        # nominal size of its directory
+    scalable: bool
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def own_icons(index: ThemeIndex) -> list[Source]:
+    """The theme's own, non-symbolic, scale-1 icon files listed in its index.theme."""
+    sources = []
+    for sub, info in index.directories.items():
+        if info["scale"] != 1 or "symbolic" in sub.lower():
+            continue
+        d = index.folder / sub
+        if not d.is_dir():
+            continue
+        for f in sorted(d.iterdir()):
+            if f.suffix.lower() not in EXTENSIONS or f.stem.endswith("-symbolic"):
+                continue
+            if not f.exists() or not _inside(f, index.folder):  # dangling, or another theme's file
+                continue
+            scalable = info["type"] == "Scalable" or f.suffix.lower() == ".svg"
+            sources.append(Source(f.stem, f, info["size"], scalable))
+    return sources
+
+
+def choose_main(folders: Sequence[Path]) -> Path:
+    """The main theme folder among those one package installs.
+
+    The folder its siblings inherit from (most often); else the one with most own icons
+    (dark/light variants are mostly symlinks into the main one); ties: shortest name.
+    """
+    indexes = [i for i in (read_index(f) for f in folders) if i is not None]
+    if not indexes:
+        raise ValueError(f"no icon theme among {[str(f) for f in folders]}")
+    names = {i.folder.name: i for i in indexes}
+    inherited = Counter(p for i in indexes for p in i.inherits if p in names and p != i.folder.name)
+    if inherited:
+        top = max(inherited.values())
+        return names[sorted((n for n, c in inherited.items() if c == top), key=lambda n: (len(n), n))[0]].folder
+    counts = {i.folder.name: len(own_icons(i)) for i in indexes}
+    best = max(counts.values())
+    return names[sorted((n for n, c in counts.items() if c == best), key=lambda n: (len(n), n))[0]].folder
+
+
+def pick_source(candidates: Iterable[Source], size: int) -> Source:
+    """Exact size first, then scalable SVG, then the smallest larger PNG, then the largest smaller."""
+    def rank(s: Source):
+        if s.size == size and not (s.scalable and s.path.suffix.lower() == ".svg" and s.size < size):
+            return (0, 0, str(s.path))
+        if s.scalable and s.path.suffix.lower() == ".svg":
+            return (1, -s.size, str(s.path))
+        if s.size > size:
+            return (2, s.size, str(s.path))
+        return (3, -s.size, str(s.path))
+    return min(candidates, key=rank)
+
+
+# --- rasterising ---------------------------------------------------------------------------
+
+def rasterise(path: Path, size: int, background=config.BACKGROUND) -> np.ndarray:
+    """Icon file -> uint8 [size, size, 3]: fitted in the square, centred, on `background`."""
+    if path.suffix.lower() == ".svg":
+        exe = shutil.which("rsvg-convert")
+        if exe is None:
+            raise RuntimeError("rsvg-convert not found: install librsvg2-bin (tools/install_icon_themes.sh)")
+        out = subprocess.run([exe, "-w", str(size), "-h", str(size), "--keep-aspect-ratio", str(path)],
+                             capture_output=True, timeout=60)
+        if out.returncode != 0:
+            raise RuntimeError(f"rsvg-convert failed on {path}: {out.stderr.decode(errors='replace')[:200]}")
+        image = Image.open(io.BytesIO(out.stdout))
+    else:
+        image = Image.open(path)
+    image.load()
+    image = image.convert("RGBA")
+    if image.size != (size, size):
+        w, h = image.size
+        s = size / max(w, h)
+        new = (max(1, round(w * s)), max(1, round(h * s)))
+        resample = Image.Resampling.LANCZOS if s < 1 else Image.Resampling.BICUBIC
+        image = image.resize(new, resample)
+    canvas = Image.new("RGBA", (size, size), tuple(background) + (255,))
+    canvas.alpha_composite(image, ((size - image.size[0]) // 2, (size - image.size[1]) // 2))
+    return np.asarray(canvas.convert("RGB"), dtype=np.uint8)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# --- building ------------------------------------------------------------------------------
+
+def build(out_dir, themes: Mapping[str, Sequence[Path]], size: int = config.IMAGE_SIZE,
+          min_themes: int = config.MIN_THEMES, workers: int = 2, shard_size: int = config.SHARD_SIZE,
+          log=print) -> dict:
+    """Build the dataset from `themes`: label -> the theme folders its package installs.
+
+    Returns the stats written to dataset.json.
+    """
+    out_dir = Path(out_dir)
+    mains = {label: choose_main(folders) for label, folders in themes.items()}
+    per_theme: dict[str, dict[str, Source]] = {}
+    for label, folder in mains.items():
+        by_name = defaultdict(list)
+        for s in own_icons(read_index(folder)):
+            by_name[s.name].append(s)
+        per_theme[label] = {n: pick_source(c, size) for n, c in by_name.items()}
+        log(f"{label}: main folder {folder} ({len(per_theme[label])} own non-symbolic names)")
+
+    # Pre-filter: a name must at least be present in min_themes themes before any rendering.
+    present = Counter(n for names in per_theme.values() for n in names)
+    wanted = [(label, n, src) for label, names in sorted(per_theme.items())
+              for n, src in sorted(names.items()) if present[n] >= min_themes]
+    log(f"rasterising {len(wanted)} icons ({sum(1 for c in present.values() if c >= min_themes)} names "
+        f"in >= {min_themes} themes before dropping duplicates)")
+
+    def render(item):
+        label, n, src = item
+        try:
+            return rasterise(src.path, size), _sha256(src.path)
+        except Exception as e:  # a broken file in one theme must not stop the build
+            log(f"skipped {src.path}: {e}")
+            return None, None
+
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        def tqdm(x, **k):
+            return x
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        rendered = list(tqdm(pool.map(render, wanted), total=len(wanted), desc="rasterise",
+                             disable=len(wanted) < 200, file=sys.stderr))
+
+    rows = []
+    for (label, n, src), (pixels, sha) in zip(wanted, rendered):
+        if pixels is not None:
+            rows.append({"theme": label, "name": n, "path": str(src.path), "source_sha256": sha,
+                         "pixels": pixels, "pixel_sha256": hashlib.sha256(pixels.tobytes()).hexdigest()})
+
+    # Identical pixels in several themes: the label would be a coin toss -> drop every copy.
+    themes_of = defaultdict(set)
+    for r in rows:
+        themes_of[r["pixel_sha256"]].add(r["theme"])
+    shared = {h for h, t in themes_of.items() if len(t) > 1}
+    dropped_shared = sum(1 for r in rows if r["pixel_sha256"] in shared)
+    rows = [r for r in rows if r["pixel_sha256"] not in shared]
+    # Names drawn (distinctly from other themes) by at least min_themes themes: the shared content.
+    count = Counter(r["name"] for r in rows)
+    rows = [r for r in rows if count[r["name"]] >= min_themes]
+    # Within a theme, aliases drawn with one image: keep one copy, a held-out name first (so that no
+    # evaluation image is also a training image), then the most widely drawn name.
+    rows.sort(key=lambda r: (r["theme"], not config.is_heldout(r["name"]), -count[r["name"]], r["name"]))
+    seen, kept, dropped_alias = set(), [], 0
+    for r in rows:
+        key = (r["theme"], r["pixel_sha256"])
+        if key in seen:
+            dropped_alias += 1
+            continue
+        seen.add(key)
+        kept.append(r)
+    rows = sorted(kept, key=lambda r: (r["theme"], r["name"]))
+
+    shard_dir = out_dir / "shards"
+    if shard_dir.exists():
+        shutil.rmtree(shard_dir)
+    shard_dir.mkdir(parents=True)
+    with open(out_dir / "manifest.jsonl", "w") as f:
+        for start in range(0, max(len(rows), 1), shard_size):
+            chunk = rows[start:start + shard_size]
+            if not chunk:
+                break
+            shard = f"shards/images_{start // shard_size:05d}.npy"
+            np.save(out_dir / shard, np.stack([r["pixels"] for r in chunk]))
+            for i, r in enumerate(chunk):
+                f.write(json.dumps({"theme": r["theme"], "name": r["name"], "family": config.family(r["name"]),
+                                    "heldout": config.is_heldout(r["name"]), "path": r["path"],
+                                    "source_sha256": r["source_sha256"], "shard": shard, "index": i}) + "\n")
+
+    names = sorted({r["name"] for r in rows})
+    stats = {
+        "size": size, "min_themes": min_themes, "background": list(config.BACKGROUND),
+        "themes": {label: str(folder) for label, folder in mains.items()},
+        "images": len(rows), "names": len(names),
+        "families": len({config.family(n) for n in names}),
+        "heldout_names": sum(config.is_heldout(n) for n in names),
+        "heldout_families": len({config.family(n) for n in names if config.is_heldout(n)}),
+        "heldout_images": sum(config.is_heldout(r["name"]) for r in rows),
+        "images_per_theme": dict(sorted(Counter(r["theme"] for r in rows).items())),
+        "dropped_identical_across_themes": dropped_shared, "dropped_aliases_within_theme": dropped_alias,
+        "names_in_at_least_16_themes": sum(1 for c in Counter(r["name"] for r in rows).values() if c >= 16),
+    }
+    (out_dir / "dataset.json").write_text(json.dumps(stats, indent=2) + "\n")
+    log(f"wrote {out_dir}: {stats['images']} images, {stats['names']} names, {stats['families']} families "
+        f"({stats['heldout_families']} held out, {stats['heldout_images']} images)")
+    return stats
+
+
+# --- reading -------------------------------------------------------------------------------
+
+@dataclass
+class IconData:
+    images: np.ndarray       # uint8 [N, S, S, 3]
+    themes: list[str]        # label names, index = class id
+    labels: np.ndarray       # int64 [N]
+    names: list[str]         # icon name per image
+    heldout: np.ndarray      # bool [N]
+    rows: list[dict]
+
+    @property
+    def families(self) -> list[str]:
+        return [config.family(n) for n in self.names]
+
+    def subset(self, mask: np.ndarray) -> "IconData":
+        idx = np.flatnonzero(mask)
+        return IconData(self.images[idx], self.themes, self.labels[idx], [self.names[i] for i in idx],
+                        self.heldout[idx], [self.rows[i] for i in idx])
+
+
+def load(data_dir) -> IconData:
+    data_dir = Path(data_dir)
+    rows = [json.loads(line) for line in (data_dir / "manifest.jsonl").read_text().splitlines() if line]
+    if not rows:
+        raise ValueError(f"{data_dir}: empty manifest")
+    shards = {s: np.load(data_dir / s) for s in sorted({r["shard"] for r in rows})}
+    images = np.stack([shards[r["shard"]][r["index"]] for r in rows])
+    themes = sorted({r["theme"] for r in rows})
+    labels = np.array([themes.index(r["theme"]) for r in rows], dtype=np.int64)
+    return IconData(images, themes, labels, [r["name"] for r in rows],
+                    np.array([bool(r["heldout"]) for r in rows]), rows)
+
+
+# --- command line --------------------------------------------------------------------------
+
+def run(args: argparse.Namespace) -> dict:
+    root = Path(args.root)
+    if args.theme:
+        themes = {}
+        for spec in args.theme:
+            label, _, folders = spec.partition("=")
+            themes[label] = [root / f for f in folders.split(",") if f]
+    else:
+        themes = {pkg: package_folders(pkg, root) for pkg in config.THEME_PACKAGES}
+    return build(args.out, themes, size=args.size, min_themes=args.min_themes, workers=args.workers)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m style_components.train.dataset", description=__doc__.split("\n")[0])
+    from .commands import dataset_arguments
+    dataset_arguments(p)
+    run(p.parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Training pipeline on the drawn fixture, through the real CLI: train (with resume), evaluate,
+pca, atlas; plus the PCA round trip through StyleSpace and the atlas files."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from icon_fixture import make_icon_tree
+from style_components import cli
+from style_components.extract import Extractor
+from style_components.space import StyleSpace
+from style_components.train import atlas, config, dataset, encoder, pca
+
+TINY = ["--width", "8", "--dim", "16", "--batch-themes", "4", "--per-theme", "2", "--no-progress", "--cpu"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("icons")
+    themes = make_icon_tree(root)
+    out = tmp_path_factory.mktemp("data")
+    dataset.build(out, themes, size=32, min_themes=2, workers=1, log=lambda *a: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+    """3 steps through `style-components train`, stopped after the first and resumed."""
+    run = tmp_path_factory.mktemp("run")
+    args = ["train", str(data_dir), str(run), "--steps", "3", "--eval-every", "2", "--save-every", "1", *TINY]
+    assert cli.main(args + ["--max-minutes", "1e-9"]) == 0            # stops after step 1, resumable
+    first = json.loads((run / "history.json").read_text())
+    assert first["step"] == [1] and not (run / "extractor.safetensors").exists()
+    assert cli.main(args) == 0                                          # resumes: steps 2 and 3
+    return run
+
+
+def test_train_resumes_and_exports_a_loadable_extractor(trained, data_dir):
+    history = json.loads((trained / "history.json").read_text())
+    assert history["step"] == [1, 2, 3] and all(np.isfinite(history["loss"]))
+    assert history["eval_step"] == [2, 3] and all(0 <= a <= 1 for a in history["eval_top1"])
+    assert (trained / "loss.png").stat().st_size > 1000
+    ex = Extractor.load(trained / "extractor.safetensors")
+    assert ex.dim == 16 and ex.preprocess == config.PREPROCESS_NAME
+    data = dataset.load(data_dir)
+    e = ex.embed_one(data.images[0])
+    assert e.shape == (16,) and torch.isfinite(e).all()
+    # the exported weights are the trained ones (fp16-rounded), not a fresh model
+    state = torch.load(trained / "checkpoint.pt", weights_only=True)["model"]
+    w = "head.weight"
+    assert torch.allclose(ex.model.state_dict()[w], state[w].float(), atol=1e-2)
+
+
+def test_evaluate_pca_and_atlas_commands(trained, data_dir, tmp_path):
+    ext = str(trained / "extractor.safetensors")
+    assert cli.main(["evaluate", str(data_dir), ext, "--out", str(tmp_path / "report.json")]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    for key in ("encoder", "encoder_tta", "baseline_handmade"):
+        assert 0 <= report[key]["top1_1nn"] <= 1
+        assert set(report[key]["per_theme_recall"]) <= set(dataset.load(data_dir).themes)
+    assert "accuracy" in report["encoder"]["content_probe"]
+    space_path = tmp_path / "space.safetensors"
+    assert cli.main(["pca", str(data_dir), ext, str(space_path), "--max-k", "4"]) == 0
+    space = StyleSpace.load(space_path)
+    assert 1 <= space.k <= 4 and space.d == 16 and len(space.labels) == space.k
+    assert all("\u2194" in label for label in space.labels)
+    assert json.loads(space_path.with_suffix(".json").read_text())["k"] == space.k
+    assert cli.main(["atlas", str(data_dir), ext, str(space_path), str(tmp_path / "atlas"), "--n", "3"]) == 0
+    pngs = sorted(p.name for p in (tmp_path / "atlas").glob("*.png"))
+    assert pngs == [f"component_{i + 1:02d}.png" for i in range(space.k)] + ["explained_variance.png"]
+
+
+def test_pca_round_trip_through_style_space(tmp_path):
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.normal(size=(12, 12)))[0][:4]
+    emb = (rng.normal(size=(300, 4)) * [5, 3, 2, 1]) @ basis + rng.normal(size=12) + rng.normal(size=(300, 12)) * 0.01
+    fitted, k = pca.fit(emb.astype(np.float32), variance=0.99, max_k=10)
+    assert k == 4  # four real directions, the rest is noise
+    space = pca.to_space(fitted, k, labels=["a", "b", "c", "d"], extractor="x", name="test")
+    space.save(tmp_path / "s.safetensors")
+    loaded = StyleSpace.load(tmp_path / "s.safetensors")
+    assert loaded.labels == ("a", "b", "c", "d") and (loaded.extractor, loaded.name) == ("x", "test")
+    for field in ("mean", "components", "std"):
+        assert torch.equal(getattr(loaded, field), getattr(space, field))
+    e = torch.tensor(emb, dtype=torch.float32)
+    z = loaded.to_components(e)
+    # unit variance per slider, sklearn's transform divided by std, and back to the embeddings
+    assert torch.allclose(z.std(0), torch.ones(4), atol=0.02)
+    assert np.allclose(z.numpy() * loaded.std.numpy(), fitted.transform(emb)[:, :4], atol=1e-3)
+    assert torch.allclose(loaded.to_embedding(z), e, atol=0.05)
+
+
+def test_choose_k_and_labels():
+    assert pca.choose_k(np.array([0.5, 0.3, 0.15, 0.05]), 0.9, 30) == 3
+    assert pca.choose_k(np.array([0.5, 0.3, 0.15, 0.05]), 0.9, 2) == 2
+    scores = np.array([[-2.0], [-1.0], [1.0], [2.0]])
+    stats = np.array([[0.1, 0, 0, 0, 0, 0], [0.2, 0, 0, 0, 0, 0], [0.7, 0, 0, 0, 0, 0], [0.9, 0, 0, 0, 0, 0]])
+    labels = pca.component_labels(scores, np.array([0, 0, 1, 1]), ["dark-icon-theme", "light-icon-theme"], stats)
+    assert labels == ["dark \u2194 light (more brightness)"]
+
+
+def test_atlas_files(tmp_path):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 255, size=(20, 16, 16, 3), dtype=np.uint8)
+    emb = torch.tensor(rng.normal(size=(20, 6)), dtype=torch.float32)
+    fitted, k = pca.fit(emb.numpy(), k=3)
+    space = pca.to_space(fitted, k, labels=["first", "", "third"])
+    files = atlas.make(images, emb, space, tmp_path, n=4, names=[f"n{i}" for i in range(20)])
+    assert [f.name for f in files] == ["component_01.png", "component_02.png", "component_03.png",
+                                       "explained_variance.png", "atlas.json"]
+    from PIL import Image
+    with Image.open(files[0]) as im:
+        assert im.size[0] == 2 * 4 * 16 + 16
+    shown = json.loads(files[-1].read_text())
+    z = space.to_components(emb).numpy()
+    assert [r["index"] for r in shown[0]["low"]] == list(np.argsort(z[:, 0])[:4])
+    assert shown[1]["label"] == "Style component 2"
+
+
+def test_augment_keeps_colours_and_background():
+    x = encoder.to_input(np.full((2, 16, 16, 3), 255, np.uint8))
+    out = encoder.augment(x, torch.Generator().manual_seed(0))
+    assert torch.allclose(out, x, atol=1e-5)  # an all-background image stays background
+    icon = np.full((1, 16, 16, 3), 255, np.uint8)
+    icon[0, 4:12, 4:12] = (200, 30, 30)
+    y = encoder.augment(encoder.to_input(icon), torch.Generator().manual_seed(1), scale=(1.0, 1.0), shift=0.0,
+                        flip=1.0)
+    assert torch.allclose(y, encoder.to_input(icon[:, :, ::-1].copy()), atol=1e-4)  # a pure flip
+
+
+def test_style_statnet_is_a_timm_model_pooling_statistics():
+    import timm
+    assert timm.is_model(encoder.ARCHITECTURE)
+    model = encoder.build(encoder.ARCHITECTURE, encoder.model_kwargs(dim=8, width=4, depth=1)).eval()
+    assert model.num_classes == 8 and model.num_features == 2 * (3 + 4 + 8 + 16 + 32)
+    x = torch.randn(3, 3, 32, 32)
+    assert model(x).shape == (3, 8)
+    # the first six pooled values are the input's per-channel mean and std (through the eval BatchNorm)
+    feats = model.forward_features(x)
+    raw = torch.cat([x.flatten(2).mean(-1), x.flatten(2).std(-1, unbiased=False)], 1)
+    bn = model.norm
+    want = (raw - bn.running_mean[:6]) / torch.sqrt(bn.running_var[:6] + bn.eps) * bn.weight[:6] + bn.bias[:6]
+    assert torch.allclose(feats[:, :6], want, atol=1e-4)
+    # statistics pool over positions: a horizontally flipped image gives the same input statistics
+    assert torch.allclose(model.forward_features(x.flip(-1))[:, :6], feats[:, :6], atol=1e-5)
