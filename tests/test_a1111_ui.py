@@ -1,7 +1,7 @@
 """The script's gradio UI builds with A1111's gradio (3.41.2) and matches the argument layout.
 
-Skipped where gradio is absent (the project's .venv); CI runs it in an environment with A1111's
-pins: gradio==3.41.2 fastapi==0.94.0 httpx==0.24.1 'pydantic<2'."""
+tools/setup.sh installs A1111's UI pins (the `ui` extra: gradio==3.41.2, fastapi==0.94.0,
+httpx==0.24.1, pydantic<2, numpy<2); skipped where gradio is absent."""
 
 import pytest
 
@@ -37,3 +37,37 @@ def test_extension_tab_builds(module):
     with gr.Blocks():
         tabs = module.on_ui_tabs()
     assert tabs[0][1:] == ("Style Components", "style_components")
+
+
+@pytest.fixture(scope="module")
+def callbacks(tmp_path_factory):
+    """The accordion's real gradio event handlers, by function name, over a models folder with 'demo'."""
+    from unets import ldm_unet
+    env = a1111_env.build_env(ldm_unet(device="meta"), tmp_path_factory)
+    with gr.Blocks() as demo:
+        env["module"].StyleComponentsScript().ui(False)
+    return {f.fn.__name__: f.fn for f in demo.fns if f.fn is not None}
+
+
+def test_choosing_a_model_shows_its_k_sliders_with_the_space_labels(callbacks):
+    updates = callbacks["on_model"]("demo")
+    assert len(updates) == sargs.MAX_COMPONENTS
+    assert [u["visible"] for u in updates] == [True] * 30 + [False] * (sargs.MAX_COMPONENTS - 30)
+    assert updates[0]["label"] == "label 0" and updates[29]["label"] == "label 29"
+
+
+def test_import_export_round_trip_and_zero(callbacks):
+    values = callbacks["on_import"]("0.5, -1.25 2")
+    assert values[:4] == [0.5, -1.25, 2.0, 0.0] and len(values) == sargs.MAX_COMPONENTS
+    text = callbacks["on_export"]("demo", False, -1, *values)
+    assert text.split() == ["0.5", "-1.25", "2"] + ["0"] * 27  # the model's K values
+    assert callbacks["on_import"](text) == values
+    assert callbacks["on_zero"]() == [False] + [0.0] * sargs.MAX_COMPONENTS
+
+
+def test_random_button_turns_on_a_fresh_shown_seed(callbacks):
+    (on1, seed1), (on2, seed2) = callbacks["on_random"](), callbacks["on_random"]()
+    assert on1 and on2 and 0 <= seed1 < 2**32 and seed1 != seed2
+    exported = callbacks["on_export"]("demo", True, seed1, *([0.0] * sargs.MAX_COMPONENTS))
+    from style_components.params import random_components
+    assert [float(v) for v in exported.split()] == list(random_components(seed1, 30))

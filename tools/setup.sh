@@ -14,8 +14,8 @@ case "$(uname -m)" in
 esac
 pip_install $TORCH
 .venv/bin/python -c "import torch, torchvision" # fail here, clearly, if the pair does not import
-pip_install -e ".[test]"
+pip_install -e ".[test,ui]"  # ui: A1111's gradio pins, so the UI tests build the real widgets
 # A1111's `ldm` package; its declared pins (CUDA torch, old transformers) break Python 3.11: no deps.
 pip_install --no-deps stable-diffusion-sdkit
-.venv/bin/python -c "import style_components, ldm.modules.attention, diffusers, timm, sklearn"
+.venv/bin/python -c "import style_components, ldm.modules.attention, diffusers, timm, sklearn, gradio"
 echo "set up: .venv"
