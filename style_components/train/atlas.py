@@ -103,11 +103,8 @@ def run(args: argparse.Namespace) -> list[Path]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m style_components.train.atlas", description=__doc__.split("\n")[0])
-    from .commands import atlas_arguments
-    atlas_arguments(p)
-    run(p.parse_args(argv))
-    return 0
+    from .commands import atlas_arguments, module_main
+    return module_main(__spec__.name, __doc__, atlas_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,19 @@
 so that `style-components --help` stays quick. Each module's `run(args)` does the work."""
 from __future__ import annotations
 import argparse
+from typing import Callable, Sequence
+
 from . import config
+
+
+def module_main(module: str, doc: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+                run: Callable[[argparse.Namespace], object], argv: Sequence[str] | None = None) -> int:
+    """`python -m style_components.train.<module>`: the same arguments as its CLI subcommand."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n")[0])
+    add_arguments(parser)
+    run(parser.parse_args(argv))
+    return 0
+
 
 
 def dataset_arguments(p: argparse.ArgumentParser) -> None:

@@ -351,12 +351,9 @@ def run(args: argparse.Namespace) -> dict:
     return build(args.out, themes, size=args.size, min_themes=args.min_themes, workers=args.workers)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m style_components.train.dataset", description=__doc__.split("\n")[0])
-    from .commands import dataset_arguments
-    dataset_arguments(p)
-    run(p.parse_args(argv))
-    return 0
+def main(argv=None) -> int:
+    from .commands import dataset_arguments, module_main
+    return module_main(__spec__.name, __doc__, dataset_arguments, run, argv)
 
 
 if __name__ == "__main__":

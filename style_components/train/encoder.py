@@ -21,7 +21,6 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from .. import extract, stylenet
 from . import config

@@ -185,11 +185,8 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m style_components.train.evaluate", description=__doc__.split("\n")[0])
-    from .commands import evaluate_arguments
-    evaluate_arguments(p)
-    run(p.parse_args(argv))
-    return 0
+    from .commands import evaluate_arguments, module_main
+    return module_main(__spec__.name, __doc__, evaluate_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -206,11 +206,8 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m style_components.train.fit", description=__doc__.split("\n")[0])
-    from .commands import fit_arguments
-    fit_arguments(p)
-    print(json.dumps(train(p.parse_args(argv))))
-    return 0
+    from .commands import fit_arguments, module_main
+    return module_main(__spec__.name, __doc__, fit_arguments, lambda args: print(json.dumps(train(args))), argv)
 
 
 if __name__ == "__main__":

@@ -108,11 +108,8 @@ def run(args: argparse.Namespace) -> StyleSpace:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m style_components.train.pca", description=__doc__.split("\n")[0])
-    from .commands import pca_arguments
-    pca_arguments(p)
-    run(p.parse_args(argv))
-    return 0
+    from .commands import pca_arguments, module_main
+    return module_main(__spec__.name, __doc__, pca_arguments, run, argv)
 
 
 if __name__ == "__main__":
