@@ -21,7 +21,7 @@ from torch import nn
 
 from .adapter import Adapter
 from .errors import IncompatibleModelError, StyleComponentsError
-from .layers import Attn2, find_attn2, preset_weights
+from .layers import Attn2, arch, find_attn2, preset_weights
 
 NULL = -1  # row index of the null style (the last row of the style table)
 
@@ -179,7 +179,6 @@ class _StyleTerm:
 
 
 def _check_fits(adapter: Adapter, layers: list[Attn2]) -> None:
-    from .layers import arch
     if adapter.n_layers != len(layers):
         raise IncompatibleModelError(
             f"adapter {adapter.name!r} is for {adapter.arch.upper()} ({adapter.n_layers} cross-attention layers); "

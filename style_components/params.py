@@ -75,14 +75,14 @@ class StyleParams:
                          + (f" [{_quote(self.model_hash)}]" if self.model_hash else ""))
         items.append("components: " + (_numbers(self.components) or "none"))
         for name in ("multiplier", "strength"):
-            if _fmt(getattr(self, name)) != _fmt(_DEFAULTS[name]):
-                items.append(f"{name}: {_fmt(getattr(self, name))}")
+            if format_number(getattr(self, name)) != format_number(_DEFAULTS[name]):
+                items.append(f"{name}: {format_number(getattr(self, name))}")
         if self.blocks != _DEFAULTS["blocks"]:
             items.append("blocks: " + _quote(self.blocks))
         if self.block_weights:
             items.append("weights: " + _numbers(self.block_weights))
-        if (_fmt(self.start), _fmt(self.end)) != (_fmt(_DEFAULTS["start"]), _fmt(_DEFAULTS["end"])):
-            items.append(f"range: {_fmt(self.start)}-{_fmt(self.end)}")
+        if (format_number(self.start), format_number(self.end)) != (format_number(_DEFAULTS["start"]), format_number(_DEFAULTS["end"])):
+            items.append(f"range: {format_number(self.start)}-{format_number(self.end)}")
         if self.seed is not None:
             items.append(f"seed: {self.seed}")
         if self.refs:
@@ -122,14 +122,14 @@ class StyleParams:
         problems = []
         for name in ("multiplier", "strength", "start", "end"):
             if not math.isfinite(getattr(self, name)):
-                problems.append(f"{name}: {_fmt(getattr(self, name))} is not a finite number")
+                problems.append(f"{name}: {format_number(getattr(self, name))} is not a finite number")
         for key, values in (("components", self.components), ("weights", self.block_weights)):
             bad = [v for v in values if not math.isfinite(v)]
             if bad:
-                problems.append(f"{key}: {_fmt(bad[0])} is not a finite number")
+                problems.append(f"{key}: {format_number(bad[0])} is not a finite number")
         if math.isfinite(self.start) and math.isfinite(self.end):
             if not 0 <= self.start <= self.end <= 1:
-                problems.append(f"range: start {_fmt(self.start)} and end {_fmt(self.end)}"
+                problems.append(f"range: start {format_number(self.start)} and end {format_number(self.end)}"
                                 " must satisfy 0 <= start <= end <= 1")
         if self.blocks not in BLOCK_PRESETS:
             problems.append(f"blocks: unknown preset {_show(self.blocks)}"
@@ -185,14 +185,14 @@ def random_components(seed: int, k: int) -> tuple[float, ...]:
 
 # -- writing --------------------------------------------------------------------------
 
-def _fmt(x: float) -> str:
+def format_number(x: float) -> str:
     """Shortest exact form: repr, with a trailing '.0' dropped ('1', '-0', '1e+16')."""
     r = repr(float(x))
     return r[:-2] if r.endswith(".0") else r
 
 
 def _numbers(values: tuple[float, ...]) -> str:
-    return " ".join(_fmt(v) for v in values)
+    return " ".join(format_number(v) for v in values)
 
 
 def _quote(s: str) -> str:

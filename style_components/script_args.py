@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
-from .params import BLOCK_PRESETS, StyleParams
+from .params import BLOCK_PRESETS, StyleParams, format_number
 from .session import ArgumentError
 
 MAX_COMPONENTS = 64
@@ -171,7 +171,7 @@ def to_positional(params: StyleParams, enabled: bool = True) -> list:
     values = dict(zip(ALL_NAMES, defaults()))
     values.update(enabled=enabled, model=params.model, multiplier=params.multiplier, strength=params.strength,
                   random=params.seed is not None, seed=params.seed if params.seed is not None else -1,
-                  blocks=params.blocks, block_weights=" ".join(_fmt(w) for w in params.block_weights),
+                  blocks=params.blocks, block_weights=" ".join(format_number(w) for w in params.block_weights),
                   start=params.start, end=params.end, refs=params.refs)
     if len(params.components) > MAX_COMPONENTS:
         raise ArgumentError(f"{len(params.components)} components, the UI has {MAX_COMPONENTS} sliders")
@@ -185,10 +185,6 @@ def controls_from_infotext(text: str | None) -> tuple[dict, list[str]]:
         return {"enabled": False}, []
     params, problems = StyleParams.parse(text)
     return dict(zip(ALL_NAMES, to_positional(params))), problems
-
-
-def infotext(params: StyleParams) -> str:
-    return params.to_infotext()
 
 
 def apply_overrides(params: StyleParams, overrides: Mapping[str, Any] | None) -> StyleParams:
@@ -212,7 +208,3 @@ def apply_overrides(params: StyleParams, overrides: Mapping[str, Any] | None) ->
             raise ArgumentError(f"unknown override {key!r}")
     return replace(params, components=tuple(comps), **changes)
 
-
-def _fmt(x: float) -> str:
-    r = repr(float(x))
-    return r[:-2] if r.endswith(".0") else r

@@ -14,6 +14,7 @@ import torch
 from a1111_env import args, assert_unet_clean, build_env, close, generate, reset, restore
 from style_components import script_args as sargs
 from style_components.errors import StyleComponentsError
+from style_components.params import format_number
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def test_infotext_round_trip_restores_every_control_and_the_image(env):
     pasted = paste(env, res.info)
     restored = dict(zip(sargs.ALL_NAMES, pasted))
     want = dict(zip(sargs.ALL_NAMES, original))
-    want["block_weights"] = " ".join(sargs._fmt(w) for w in weights)
+    want["block_weights"] = " ".join(format_number(w) for w in weights)
     for name in sargs.ALL_NAMES:
         if name != "ref_images":
             assert restored[name] == want[name], name
