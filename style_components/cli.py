@@ -76,6 +76,14 @@ def _train_command(module: str):
     return run
 
 
+def _json_command(module: str):
+    """Like _train_command, printing the returned result as one JSON line (scripts parse it)."""
+    def run(args: argparse.Namespace) -> None:
+        import importlib
+        print(json.dumps(importlib.import_module(f"style_components.train.{module}").run(args)))
+    return run
+
+
 def _fit(args: argparse.Namespace) -> None:
     import json as _json
     from .train.fit import train
@@ -95,7 +103,13 @@ def _add_training(commands: argparse._SubParsersAction) -> None:
             ("pca", "pca", "fit a style space (PCA) on an extractor's embeddings",
              train_args.pca_arguments, _train_command("pca")),
             ("atlas", "atlas", "per-component icon strips and the explained-variance plot",
-             train_args.atlas_arguments, _train_command("atlas"))):
+             train_args.atlas_arguments, _train_command("atlas")),
+            ("train-autoencoder", "autoencoder", "train the demo world's autoencoder (32 px icons <-> 8x8x4 latents)",
+             train_args.autoencoder_arguments, _json_command("autoencoder")),
+            ("train-base", "base", "train the demo world's base model: icon name -> icon, no style",
+             train_args.base_arguments, _json_command("base")),
+            ("train-adapter", "adapter", "train a style adapter on the frozen base",
+             train_args.adapter_arguments, _json_command("adapter"))):
         sub = commands.add_parser(name, help=help_text,
                                   description=f"{help_text} (style_components.train.{module}; see its docstring)")
         add(sub)
@@ -139,6 +153,84 @@ def _add_extract(commands: argparse._SubParsersAction) -> None:
     extract.set_defaults(run=_extract)
 
 
+# --- demo and generate ---------------------------------------------------------------------
+
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import run
+    run(args.out, seed=args.seed, sweep_component=args.component - 1, steps=args.steps)
+
+
+def _add_demo(commands: argparse._SubParsersAction) -> None:
+    demo = commands.add_parser("demo", help="the shipped icon models: a grid of styled icons (the main job)",
+                               description="Generate a grid with the demo models in models/demo: rows = icon "
+                                           "names, columns = base, extracted theme styles, a random style, "
+                                           "a sweep of one component.")
+    demo.add_argument("--out", default="style_components_demo.png", help="PNG to write")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the first row (and of the random style)")
+    demo.add_argument("--component", type=int, default=1, help="component swept in the last columns (1-based)")
+    demo.add_argument("--steps", type=int, default=20, help="sampler steps")
+    demo.set_defaults(run=_demo)
+
+
+def _generate(args: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from .demo import DemoModels
+    from .generate import generate, grid
+    from .script_args import parse as parse_arguments
+
+    models = DemoModels(args.models) if args.models else DemoModels()
+    unknown = sorted({w for n in args.names for w in models.world.text.unknown_words(n)})
+    if unknown:
+        print(f"note: words the base model never saw: {', '.join(unknown)}", file=sys.stderr)
+    if args.ref and args.components:
+        raise StyleComponentsError("give --components or --ref, not both")
+    styles = None
+    if args.ref:
+        paths, weights = zip(*args.ref)
+        styles = models.space.to_components(models.extractor.embed(list(paths), list(weights)))
+    elif args.components:
+        styles = torch.zeros(models.space.k)
+        values = parse_arguments([{"components": args.components}]).params.components
+        if len(values) > models.space.k:
+            raise StyleComponentsError(f"{len(values)} components given, the style space has {models.space.k}")
+        styles[:len(values)] = torch.tensor(values)
+    seeds = [args.seed + i for i in range(args.n) for _ in args.names]
+    names = [n for _ in range(args.n) for n in args.names]
+    images = generate(models.world, names, seeds, steps=args.steps, guidance=args.guidance,
+                      adapter=models.adapter if styles is not None else None,
+                      styles=None if styles is None else styles.expand(len(names), -1),
+                      strength=args.strength, weights=args.preset, start=args.start, end=args.end)
+    Image.fromarray(grid(images, len(args.names), scale=args.zoom)).save(args.out)
+    if styles is not None:
+        print("components: " + ", ".join(f"{v:.2f}" for v in styles.tolist()))
+    print(f"wrote {args.out}")
+
+
+def _add_generate(commands: argparse._SubParsersAction) -> None:
+    gen = commands.add_parser("generate", help="icons from the demo models, with a style from sliders or images",
+                              description="Generate icons (columns = names, rows = seeds) with the demo world; "
+                                          "the style comes from component values or reference images.")
+    gen.add_argument("names", nargs="+", help="icon names, e.g. folder user-trash")
+    gen.add_argument("--components", help="slider values, comma separated (missing ones are 0)")
+    gen.add_argument("--ref", nargs="+", type=_weighted_image, metavar="IMAGE[:WEIGHT]",
+                     help="reference images whose style is extracted")
+    gen.add_argument("--strength", type=float, default=1.0)
+    gen.add_argument("--preset", default="all", help="block preset: all, style, texture, composition")
+    gen.add_argument("--start", type=float, default=0.0, help="style on from this fraction of the steps")
+    gen.add_argument("--end", type=float, default=1.0, help="style off from this fraction of the steps")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--n", type=int, default=4, help="images per name")
+    gen.add_argument("--steps", type=int, default=20)
+    gen.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
+    gen.add_argument("--zoom", type=int, default=2, help="pixel zoom of the output")
+    gen.add_argument("--models", help="folder with the four demo files (default: models/demo)")
+    gen.add_argument("--out", default="style_components_generate.png")
+    gen.set_defaults(run=_generate)
+
+
 # --- entry point --------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(commands)
     _add_extract(commands)
     _add_training(commands)
+    _add_demo(commands)
+    _add_generate(commands)
     return parser
 
 

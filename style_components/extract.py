@@ -271,6 +271,22 @@ class Extractor:
                 self._cache.popitem(last=False)
         return embedding.clone()
 
+    def embed_each(self, images: Sequence[ImageInput], batch: int = 256) -> torch.Tensor:
+        """[N, D] embeddings of many images, in batches (training and evaluation; no cache).
+
+        Images whose preprocessed sizes differ (v0.3) run one at a time.
+        """
+        xs = [preprocess_image(load_image(im), self.preprocess, self.mean, self.std) for im in images]
+        if not xs:
+            return torch.zeros(0, self.dim)
+        if len({tuple(x.shape) for x in xs}) > 1:
+            batch = 1
+        outs = []
+        with torch.inference_mode():
+            for i in range(0, len(xs), batch):
+                outs.append(self.model(torch.stack(xs[i:i + batch]).to(self.device, self.dtype)).float().cpu())
+        return torch.cat(outs).clone()
+
     def embed(self, images: ImageInput | Sequence[ImageInput],
               weights: Sequence[float] | None = None) -> torch.Tensor:
         """Weighted mean [D] of the images' embeddings (equal weights by default).

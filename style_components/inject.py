@@ -37,15 +37,16 @@ def cfg_rows(n_images: int, cond_first: bool = True) -> list[int]:
 
 def apply(unet: nn.Module, adapter: Adapter, style_inputs: torch.Tensor, strength: float = 1.0,
           weights: str | Sequence[float] = "all", start: float = 0.0, end: float = 1.0,
-          rows: Sequence[int] | RowResolver | None = None) -> "StyleHandle":
+          rows: Sequence[int] | RowResolver | None = None, trainable: bool = False) -> "StyleHandle":
     """Hook `adapter` into `unet` with one style per row of `style_inputs` [N, adapter.d_in].
 
     weights: a preset name (see layers.PRESETS) or one weight per attn2 layer in call order.
     start/end: the fraction of the sampling schedule with the style on (see `set_progress`).
     rows: fixed style indices per batch row, or a function (unet args, kwargs) -> indices
     called before every UNet forward; default: every row takes style `row % N`.
+    trainable: gradients flow to the adapter (for training; `set_styles` gives each step's styles).
     """
-    return StyleHandle(unet, adapter, style_inputs, strength, weights, start, end, rows)
+    return StyleHandle(unet, adapter, style_inputs, strength, weights, start, end, rows, trainable)
 
 
 def remove_all(unet: nn.Module) -> None:
@@ -55,7 +56,7 @@ def remove_all(unet: nn.Module) -> None:
 
 
 class StyleHandle:
-    def __init__(self, unet, adapter, style_inputs, strength, weights, start, end, rows):
+    def __init__(self, unet, adapter, style_inputs, strength, weights, start, end, rows, trainable=False):
         layers = find_attn2(unet)
         _check_fits(adapter, layers)
         per_layer = preset_weights(weights, layers) if isinstance(weights, str) else [float(w) for w in weights]
@@ -63,18 +64,15 @@ class StyleHandle:
             raise ValueError(f"{len(per_layer)} layer weights given, this UNet has {len(layers)} attn2 layers")
         if not 0.0 <= start <= end <= 1.0:
             raise ValueError(f"style range {start}-{end}: need 0 <= start <= end <= 1")
-        with torch.no_grad():
-            inputs = torch.as_tensor(style_inputs, dtype=torch.float32).reshape(-1, adapter.d_in)
-            # Style table: one row per style, the null style last so that NULL = -1 indexes it.
-            tokens = adapter(torch.cat([inputs, adapter.null_input()]))
-        self.n_styles = inputs.shape[0]
+        self.adapter, self.trainable = adapter, trainable
+        self.set_styles(style_inputs)
         self.start, self.end, self.progress = start, end, 0.0
         self._rows: torch.Tensor | None = None
         self._rows_on: dict = {}  # rows copied per (batch, device), once per call, not per layer
         self._hooks = []
         for layer, w in zip(layers, per_layer):
             if strength * w != 0.0:  # a zero weight installs nothing: output stays bit-identical
-                term = _StyleTerm(layer, adapter.layer(layer.key), tokens, strength * w, self)
+                term = _StyleTerm(layer, adapter.layer(layer.key), strength * w, self)
                 self._hooks.append(layer.module.register_forward_hook(term, with_kwargs=True))
         if callable(rows):
             self._hooks.append(unet.register_forward_pre_hook(
@@ -83,6 +81,16 @@ class StyleHandle:
             self.set_rows(rows)
         self._unet = weakref.ref(unet)
         _active.setdefault(unet, []).append(self)
+
+    def set_styles(self, style_inputs: torch.Tensor) -> None:
+        """Replace the style table (same use as `apply`'s style_inputs); rows keep their meaning."""
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+            p = self.adapter.image_proj.norm.weight
+            inputs = torch.as_tensor(style_inputs).to(p.device, torch.float32).reshape(-1, self.adapter.d_in)
+            # Style table: one row per style, the null style last so that NULL = -1 indexes it.
+            self.tokens = self.adapter(torch.cat([inputs, self.adapter.null_input().to(inputs.device)]))
+        self.n_styles = inputs.shape[0]
+        self.version = getattr(self, "version", 0) + 1
 
     @property
     def active(self) -> bool:
@@ -131,45 +139,51 @@ class StyleHandle:
 class _StyleTerm:
     """The forward hook of one attn2 layer."""
 
-    def __init__(self, layer: Attn2, values, tokens: torch.Tensor, weight: float, handle: StyleHandle):
-        self.module, self.handle, self.weight = layer.module, handle, weight
+    def __init__(self, layer: Attn2, values, weight: float, handle: StyleHandle):
+        self.module, self.values, self.handle, self.weight = layer.module, values, handle, weight
         self.out_proj: nn.Linear = layer.module.to_out[0]
         self.heads, self.scale = layer.module.heads, getattr(layer.module, "scale", None)
-        with torch.no_grad():
-            self.v = values.to_v_ip(tokens)  # [S, T, inner]
-            self.k = values.to_k_ip(tokens) if tokens.shape[1] > 1 else None
         self._cache: dict = {}
 
     def __call__(self, module, args, kwargs, out):
         if not self.handle.active:
             return None
         rows = self.handle.rows_for(out.shape[0], out.device)
-        if self.k is None:
+        if self.handle.adapter.tokens == 1:
             return out + self._bias(out)[rows].unsqueeze(1)
         x = args[0] if args else kwargs.get("x", kwargs.get("hidden_states"))
         return out + self._attention(x, rows, out)
 
+    def _cached(self, key: tuple, compute):
+        """compute() once per style table and `key`; every call while training (gradients flow)."""
+        if self.handle.trainable and torch.is_grad_enabled():
+            return compute()
+        key = (self.handle.version, *key)
+        if key not in self._cache:
+            self._cache.clear()
+            with torch.no_grad():
+                self._cache[key] = compute()
+        return self._cache[key]
+
     def _bias(self, out: torch.Tensor) -> torch.Tensor:
-        """[S, C] = weight * W_o v for each style, in the output's dtype and device.
+        """[S, C] = weight * W_o W_v_ip t for each style, in the output's dtype and device.
 
         Cached per W_o version: hosts (A1111's LoRA) may rewrite W_o in place between calls.
         """
         w_o = self.out_proj.weight
-        key = (out.dtype, out.device, w_o._version, w_o.data_ptr())
-        if key not in self._cache:
-            self._cache.clear()
-            with torch.no_grad():
-                bias = self.weight * (self.v[:, 0].to(w_o.device) @ w_o.float().T)
-            self._cache[key] = bias.to(out.device, out.dtype)
-        return self._cache[key]
+
+        def compute():
+            v = self.values.to_v_ip(self.handle.tokens)[:, 0]
+            return (self.weight * (v.to(w_o.device) @ w_o.float().T)).to(out.device, out.dtype)
+        return self._cached((out.dtype, out.device, w_o._version, w_o.data_ptr()), compute)
 
     def _attention(self, x: torch.Tensor, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Decoupled attention of the layer's queries over the style tokens, through W_o (no bias)."""
-        key = (out.dtype, out.device)
-        if key not in self._cache:
-            self._cache.clear()
-            self._cache[key] = (self.k.to(out.device, out.dtype), self.v.to(out.device, out.dtype))
-        k, v = (t[rows] for t in self._cache[key])
+        def compute():
+            tokens = self.handle.tokens
+            return (self.values.to_k_ip(tokens).to(out.device, out.dtype),
+                    self.values.to_v_ip(tokens).to(out.device, out.dtype))
+        k, v = (t[rows] for t in self._cached((out.dtype, out.device), compute))
         q = self.module.to_q(x)
         b, n, inner = q.shape
         heads = lambda t: t.reshape(b, -1, self.heads, inner // self.heads).transpose(1, 2)

@@ -7,22 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from icon_fixture import make_icon_tree
 from style_components import cli
 from style_components.extract import Extractor
 from style_components.space import StyleSpace
 from style_components.train import atlas, config, dataset, encoder, pca
 
 TINY = ["--width", "8", "--dim", "16", "--batch-themes", "4", "--per-theme", "2", "--no-progress", "--cpu"]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("icons")
-    themes = make_icon_tree(root)
-    out = tmp_path_factory.mktemp("data")
-    dataset.build(out, themes, size=32, min_themes=2, workers=1, log=lambda *a: None)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -17,5 +17,7 @@ pip_install $TORCH
 pip_install -e ".[test,ui]"  # ui: A1111's gradio pins, so the UI tests build the real widgets
 # A1111's `ldm` package; its declared pins (CUDA torch, old transformers) break Python 3.11: no deps.
 pip_install --no-deps stable-diffusion-sdkit
-.venv/bin/python -c "import style_components, ldm.modules.attention, diffusers, timm, sklearn, gradio"
+# CLIP for the SD1.x adapter-training path: no deps, or pip would replace A1111's pydantic 1 pin with 2
+pip_install --no-deps transformers==5.23.0 tokenizers==0.23.3
+.venv/bin/python -c "import style_components, ldm.modules.attention, diffusers, timm, sklearn, gradio, transformers"
 echo "set up: .venv"

@@ -55,7 +55,13 @@ def fit_arguments(p: argparse.ArgumentParser) -> None:
 def evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="dataset folder")
     p.add_argument("extractor", help="extractor .safetensors")
-    p.add_argument("--out", help="write the JSON report here")
+    p.add_argument("--out", help="write the JSON report here (adapter evaluation: and a .png summary beside it)")
+    adapter = p.add_argument_group("style adapter evaluation (with --adapter: generated icons, not the encoder)")
+    adapter.add_argument("--adapter", help="adapter .safetensors to evaluate on held-out names")
+    adapter.add_argument("--world", help="icon_world.safetensors (the base model)")
+    adapter.add_argument("--space", help="style space .safetensors (the adapter's input)")
+    adapter.add_argument("--names", type=int, default=8, help="held-out icon names to generate")
+    adapter.add_argument("--steps", type=int, default=20, help="sampler steps")
 
 
 def pca_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,3 +82,45 @@ def atlas_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=8, help="icons at each end of a strip")
     p.add_argument("--scale", type=int, default=1, help="pixel zoom of the icons")
 
+
+
+def _loop_arguments(p: argparse.ArgumentParser, steps: int, batch: int, lr: float) -> None:
+    p.add_argument("--steps", type=int, default=steps, help="total optimiser steps (the LR schedule's length)")
+    p.add_argument("--batch", type=int, default=batch, help="images per step")
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps")
+    p.add_argument("--max-minutes", type=float, default=0, help="stop (resumably) after this many minutes")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is there")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def autoencoder_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="dataset folder (from `style-components dataset`)")
+    p.add_argument("run_dir", help="checkpoint, history, loss.png and autoencoder.safetensors go here")
+    p.add_argument("--kl", type=float, default=1e-6, help="weight of the KL term")
+    _loop_arguments(p, steps=1500, batch=64, lr=1e-3)
+
+
+def base_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="dataset folder (from `style-components dataset`)")
+    p.add_argument("run_dir", help="checkpoint, history, loss.png, icon_world.safetensors, samples.png go here")
+    p.add_argument("--autoencoder", required=True, help="autoencoder.safetensors from train-autoencoder")
+    p.add_argument("--caption-dropout", type=float, default=0.1, help="fraction of names dropped (for CFG)")
+    p.add_argument("--samples", type=int, default=12, help="icon names in samples.png (0: no samples)")
+    _loop_arguments(p, steps=2400, batch=128, lr=5e-4)
+
+
+def adapter_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="dataset folder (from `style-components dataset`); with --sd-model: a folder "
+                                "of images with optional .txt captions beside them")
+    p.add_argument("run_dir", help="checkpoint, history, loss.png and adapter.safetensors go here")
+    p.add_argument("--world", help="icon_world.safetensors from train-base (kept frozen)")
+    p.add_argument("--sd-model", help="an SD1.x model as a diffusers folder (kept frozen), instead of --world")
+    p.add_argument("--resolution", type=int, default=512, help="with --sd-model: training image size")
+    p.add_argument("--extractor", required=True, help="style extractor .safetensors")
+    p.add_argument("--space", required=True, help="style space .safetensors (its K is the adapter's input size)")
+    p.add_argument("--tokens", type=int, default=1, help="style tokens (1: the fast per-layer bias)")
+    p.add_argument("--name", default="icon-style-adapter", help="adapter display name")
+    _loop_arguments(p, steps=1200, batch=128, lr=1e-3)

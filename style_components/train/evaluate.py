@@ -175,6 +175,11 @@ def summary(report: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> dict:
+    if getattr(args, "adapter", None):
+        if not (args.world and args.space):
+            raise SystemExit("evaluate --adapter needs --world and --space")
+        from . import fidelity
+        return fidelity.run(args)
     report = evaluate(dataset.load(args.data), args.extractor)
     print(summary(report))
     if args.out:

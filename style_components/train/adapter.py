@@ -1,0 +1,153 @@
+"""Train a style adapter on a frozen base (the mission's "modified IP-Adapter").
+
+    style-components train-adapter DATA_DIR RUN_DIR --world W --extractor E --space S [--steps 1200]
+    style-components train-adapter IMAGES_DIR RUN_DIR --sd-model SD15_DIR --extractor E --space S  (SD1.x, see sd1.py)
+
+Each training image is its own style reference: its extractor embedding, projected to the
+style space's K components, is the adapter input. Only the projection and the per-layer
+`to_v_ip` train (1 token; `--tokens N` adds `to_k_ip`), initialised from the UNet's own `to_v`
+as IP-Adapter does, and hooked in by the core's `inject.apply(trainable=True)`: the same
+code that generates is the code that trains. Condition dropout: 5 % style (null style),
+5 % name (""), 5 % both. Only names outside the held-out families train.
+Writes RUN_DIR/adapter.safetensors (fp16, the core's adapter format).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import files, inject, world as world_lib
+from ..adapter import Adapter
+from ..layers import find_attn2
+from . import dataset, loop
+from .base import Denoiser, dataset_latents, diffusion_loss
+
+DROP_STYLE, DROP_TEXT, DROP_BOTH = 0.05, 0.05, 0.05
+
+
+class StyledDenoiser(nn.Module):
+    """Frozen base + trainable adapter hooked into it; forward(latents, t, names, styles, rows)."""
+
+    def __init__(self, base: nn.Module, adapter: Adapter):
+        super().__init__()
+        self.adapter = adapter
+        self.base = base.requires_grad_(False)
+        self.handle = inject.apply(base.unet, adapter, adapter.null_input(), trainable=True)
+
+    def forward(self, latents, t, names, styles, rows):
+        self.handle.set_styles(styles)
+        self.handle.set_rows(rows)
+        return self.base(latents, t, names)
+
+
+def new_adapter(unet: nn.Module, d_in: int, tokens: int = 1, name: str = "") -> Adapter:
+    """An adapter for `unet` whose to_v_ip (and to_k_ip) start as the layer's to_v (to_k)."""
+    layers = sorted(find_attn2(unet), key=lambda layer: layer.key)
+    cross = layers[0].module.to_v.weight.shape[1]
+    adapter = Adapter(d_in, cross, [layer.module.to_v.weight.shape[0] for layer in layers],
+                      tokens=tokens, with_keys=tokens > 1, name=name)
+    with torch.no_grad():
+        for layer in layers:
+            values = adapter.layer(layer.key)
+            values.to_v_ip.weight.copy_(layer.module.to_v.weight)
+            if values.to_k_ip is not None:
+                values.to_k_ip.weight.copy_(layer.module.to_k.weight)
+    return adapter
+
+
+def style_inputs(images, extractor, space, batch: int = 256) -> torch.Tensor:
+    """[N, K] components of every training image (its own style)."""
+    return space.to_components(extractor.embed_each(list(images), batch)).float()
+
+
+def condition_dropout(names, rows, rng: np.random.Generator):
+    """Drop style (row -> NULL), name (-> ""), or both, 5 % each."""
+    names, rows = list(names), list(rows)
+    for i, u in enumerate(rng.random(len(names))):
+        if u < DROP_STYLE + DROP_BOTH:
+            rows[i] = inject.NULL
+        if DROP_STYLE + DROP_BOTH - DROP_BOTH <= u < DROP_STYLE + DROP_BOTH + DROP_TEXT:
+            names[i] = ""
+    return names, rows
+
+
+def icon_world_data(args):
+    """The demo world: frozen base, and batches from precomputed latents of the icon dataset."""
+    from diffusers import DDPMScheduler
+
+    world = world_lib.IconWorld.load(args.world)
+    data = dataset.load(args.data)
+    data = data.subset(~data.heldout)  # held-out name families stay unseen, for `evaluate --adapter`
+    latents = dataset_latents(world, data)
+
+    def batch(idx):
+        return latents[idx]
+    return Denoiser(world), DDPMScheduler(**world_lib.SCHEDULER), list(data.images), np.array(data.names), batch
+
+
+def sd1_data(args):
+    """An SD1.x diffusers folder and a captioned image folder; latents encoded per batch."""
+    from . import sd1
+
+    base = sd1.SD1Denoiser(args.sd_model)
+    paths, captions = sd1.captioned_images(args.data)
+
+    def batch(idx):
+        pixels = torch.stack([sd1.load_pixels(paths[i], args.resolution) for i in idx])
+        return base.encode(pixels.to(base.vae.device))
+    return base, base.noise_scheduler, paths, np.array(captions, dtype=object), batch
+
+
+def run(args: argparse.Namespace) -> dict:
+    from accelerate import Accelerator
+
+    from ..extract import Extractor
+    from ..space import StyleSpace
+
+    if bool(args.world) == bool(args.sd_model):
+        raise SystemExit("train-adapter needs --world (the demo world) or --sd-model (SD1.x), not both")
+    torch.manual_seed(args.seed)
+    accelerator = Accelerator(cpu=args.cpu)
+    extractor, space = Extractor.load(args.extractor), StyleSpace.load(args.space)
+    base, noise_scheduler, images, captions, latents_of = (sd1_data if args.sd_model else icon_world_data)(args)
+    styles = style_inputs(images, extractor, space)
+    adapter = new_adapter(base.unet, space.k, args.tokens, name=args.name)
+    model = StyledDenoiser(base, adapter)
+    optimizer = torch.optim.AdamW(adapter.parameters(), lr=args.lr, weight_decay=0.01)
+
+    def loss_fn(step: int, model) -> torch.Tensor:
+        rng = loop.batch_rng(args.seed, step, accelerator.process_index)
+        idx = rng.choice(len(images), args.batch)
+        batch_names, rows = condition_dropout(captions[idx], range(len(idx)), rng)
+        return diffusion_loss(model, latents_of(idx).to(accelerator.device), rng, noise_scheduler,
+                              names=batch_names, styles=styles[idx], rows=rows)
+
+    base_file = args.world or str(Path(args.sd_model) / "unet")
+    settings = {"batch": args.batch, "lr": args.lr, "tokens": args.tokens, "k": space.k, "base": base_file,
+                "space": files.short_hash(args.space)}
+    result = loop.run(accelerator, args.run_dir, model, optimizer, loss_fn, steps=args.steps, settings=settings,
+                      title="style adapter", save_every=args.save_every, max_minutes=args.max_minutes,
+                      progress=not args.no_progress, restart=args.restart)
+    model.handle.remove()
+    if result["finished"] and accelerator.is_main_process:
+        out = Path(args.run_dir) / "adapter.safetensors"
+        adapter = accelerator.unwrap_model(model).adapter.cpu()
+        adapter.half().save(out, space=space.name, steps=result["step"])
+        result["adapter"] = str(out)
+        accelerator.print(f"wrote {out}")
+    return result
+
+
+def main(argv=None) -> int:
+    from .commands import adapter_arguments, module_main
+    return module_main(__spec__.name, __doc__, adapter_arguments, lambda a: print(json.dumps(run(a))), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,209 @@
+"""Measure that a style adapter works: `style-components evaluate DATA EXTRACTOR --world W --adapter A --space S`.
+
+On held-out icon names (families the adapter never trained on), for each training theme,
+generate with the style extracted from that theme's reference icons (its training-split
+icons), and with the base alone from the same seeds. Reported (JSON + PNG):
+
+- style retrieval: nearest real-theme centroid of each generated image's embedding is the
+  theme whose style was asked for (chance 1/themes); adapter vs base;
+- Fréchet distance per theme between generated and real held-out icons, in the style space
+  (K dims: with ~16 images per theme the 128-d embedding covariance would be rank-deficient);
+- slider monotonicity: component k set to -2..2 (others 0) moves the generated images'
+  measured component k; Spearman rho per top-5 component;
+- content kept: a pixel classifier of icon names (trained on real held-out icons of all
+  themes) on adapter outputs vs base outputs.
+
+Real icons pass through the same 32 px size as generated ones, so both look alike to the encoder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import world as world_lib
+from ..generate import generate
+from . import config
+
+SWEEP = (-2.0, -1.0, 0.0, 1.0, 2.0)
+
+
+def at_world_size(images: np.ndarray) -> np.ndarray:
+    """Real 64 px icons -> the 32 px the world generates (area average), uint8."""
+    return world_lib.to_uint8(world_lib.to_pixels(images))
+
+
+def frechet(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to rows of a and b."""
+    from scipy import linalg
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root.real))
+
+
+def spearman(x, y) -> float:
+    from scipy.stats import spearmanr
+    return float(spearmanr(x, y).statistic)
+
+
+def heldout_names(data, n: int) -> list[str]:
+    """The n held-out names drawn by the most themes."""
+    counts: dict[str, int] = {}
+    for name, held in zip(data.names, data.heldout):
+        if held:
+            counts[name] = counts.get(name, 0) + 1
+    return sorted(counts, key=lambda k: (-counts[k], k))[:n]
+
+
+def evaluate(data, world, adapter, extractor, space, n_names: int = 8, seeds_per_name: int = 2,
+             references: int = 16, steps: int = 20, seed: int = 0, log=print) -> dict:
+    from sklearn.linear_model import LogisticRegression
+
+    themes = data.themes
+    names = heldout_names(data, n_names)
+    small = at_world_size(data.images)
+    emb = lambda images: extractor.embed_each(list(images)).numpy()
+    real = emb(small)
+    real_z = space.to_components(torch.from_numpy(real)).numpy()
+    centroids = np.stack([real[data.labels == t].mean(0) for t in range(len(themes))])
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+
+    def nearest_theme(e: np.ndarray) -> np.ndarray:
+        return (e / np.linalg.norm(e, axis=1, keepdims=True) @ centroids.T).argmax(1)
+
+    # the style each theme asks for: mean embedding of its training-split reference icons
+    rng = np.random.default_rng(seed)
+    styles = []
+    for t in range(len(themes)):
+        idx = np.flatnonzero((data.labels == t) & ~data.heldout)
+        idx = rng.choice(idx, min(references, len(idx)), replace=False)
+        styles.append(space.to_components(torch.from_numpy(emb(data.images[idx]).mean(0))))
+    styles = torch.stack(styles)
+
+    jobs = [(t, n, seed + 1000 * j + s) for t in range(len(themes)) for j, n in enumerate(names)
+            for s in range(seeds_per_name)]
+    job_names, job_seeds = [n for _, n, _ in jobs], [s for _, _, s in jobs]
+    log(f"generating {len(jobs)} styled + {len(jobs)} base icons ({len(names)} held-out names x {len(themes)} themes)")
+    styled = generate(world, job_names, job_seeds, steps=steps, adapter=adapter,
+                      styles=styles[[t for t, _, _ in jobs]])
+    base = generate(world, job_names, job_seeds, steps=steps)
+    asked = np.array([t for t, _, _ in jobs])
+    e_styled, e_base = emb(styled), emb(base)
+
+    report: dict = {"themes": themes, "heldout_names": names, "images_per_theme": len(names) * seeds_per_name,
+                    "chance": 1 / len(themes), "steps": steps}
+    pred_s, pred_b = nearest_theme(e_styled), nearest_theme(e_base)
+    report["retrieval_top1"] = {"adapter": float((pred_s == asked).mean()), "base": float((pred_b == asked).mean())}
+    report["retrieval_per_theme"] = {themes[t]: float((pred_s[asked == t] == t).mean()) for t in range(len(themes))}
+
+    z_styled = space.to_components(torch.from_numpy(e_styled)).numpy()
+    z_base = space.to_components(torch.from_numpy(e_base)).numpy()
+    fd = {"adapter": [], "base": []}
+    for t in range(len(themes)):
+        target = real_z[(data.labels == t) & data.heldout]
+        if len(target) < 3:
+            continue
+        fd["adapter"].append(frechet(z_styled[asked == t], target))
+        fd["base"].append(frechet(z_base[asked == t], target))
+    report["frechet_style_space"] = {k: float(np.mean(v)) for k, v in fd.items()}
+    report["frechet_ratio"] = report["frechet_style_space"]["adapter"] / report["frechet_style_space"]["base"]
+
+    # slider monotonicity: one component at a time, the others at 0
+    sweep_names = [n for n in names]
+    rhos, measured = {}, {}
+    for k in range(min(5, space.k)):
+        z = torch.zeros(len(SWEEP) * len(sweep_names), space.k)
+        z[:, k] = torch.tensor(SWEEP).repeat_interleave(len(sweep_names))
+        images = generate(world, sweep_names * len(SWEEP), [seed + i for i in range(len(sweep_names))] * len(SWEEP),
+                          steps=steps, adapter=adapter, styles=z)
+        got = space.to_components(torch.from_numpy(emb(images))).numpy()[:, k].reshape(len(SWEEP), -1).mean(1)
+        measured[f"c{k + 1}"] = [round(float(v), 3) for v in got]
+        rhos[f"c{k + 1}"] = spearman(SWEEP, got)
+    report["sweep_values"] = list(SWEEP)
+    report["sweep_measured"] = measured
+    report["monotonicity_spearman"] = rhos
+
+    # content: icon-name classifier on pixels (16 px grey), trained on real held-out icons
+    def features(images):
+        x = world_lib.to_pixels(images, 16).mean(1).flatten(1).numpy()
+        return x
+    mask = np.isin(np.array(data.names), names)
+    clf = LogisticRegression(max_iter=2000, C=0.5).fit(features(small[mask]), np.array(data.names)[mask])
+    truth = np.array(job_names)
+    report["content_accuracy"] = {"adapter": float((clf.predict(features(styled)) == truth).mean()),
+                                  "base": float((clf.predict(features(base)) == truth).mean()),
+                                  "chance": 1 / len(names)}
+    report["goals"] = {
+        "retrieval >= 5x chance": report["retrieval_top1"]["adapter"] >= 5 / len(themes),
+        "frechet adapter <= 0.5x base": report["frechet_ratio"] <= 0.5,
+        "spearman >= 0.8 on top-5": all(r >= 0.8 for r in rhos.values()),
+    }
+    report["_images"] = {"styled": styled, "base": base, "asked": asked, "names": job_names}
+    return report
+
+
+def summary_png(report: dict, path) -> None:
+    """Left: a styled icon per theme (rows) and held-out name; right: the numbers."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..generate import grid
+    imgs = report["_images"]
+    themes, names = report["themes"], report["heldout_names"]
+    per = report["images_per_theme"]
+    cells = imgs["styled"].reshape(len(themes), per, *imgs["styled"].shape[1:])[:, ::max(1, per // len(names))]
+    base_row = imgs["base"][:per:max(1, per // len(names))]
+    picture = grid(np.concatenate([base_row[None], cells]).reshape(-1, 32, 32, 3), cells.shape[1])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 8), gridspec_kw={"width_ratios": [1, 1]})
+    a.imshow(picture)
+    a.set_yticks([2 + 34 * i + 16 for i in range(len(themes) + 1)])
+    a.set_yticklabels(["base"] + [t.replace("-icon-theme", "") for t in themes], fontsize=7)
+    a.set_xticks([2 + 34 * i + 16 for i in range(cells.shape[1])])
+    a.set_xticklabels(names[:cells.shape[1]], rotation=60, fontsize=6)
+    a.set_title("held-out names, style of each theme")
+    r = report
+    text = (f"style retrieval top-1: adapter {r['retrieval_top1']['adapter']:.2f}, base {r['retrieval_top1']['base']:.2f} "
+            f"(chance {r['chance']:.2f})\n"
+            f"Frechet (style space): adapter {r['frechet_style_space']['adapter']:.2f}, "
+            f"base {r['frechet_style_space']['base']:.2f} (ratio {r['frechet_ratio']:.2f})\n"
+            f"content accuracy: adapter {r['content_accuracy']['adapter']:.2f}, base {r['content_accuracy']['base']:.2f}\n"
+            "slider Spearman: " + ", ".join(f"{k} {v:.2f}" for k, v in r["monotonicity_spearman"].items()))
+    b.axis("off")
+    b.text(0, 0.95, text, va="top", fontsize=9, family="monospace", wrap=True)
+    for i, (k, vals) in enumerate(r["sweep_measured"].items()):
+        b.plot(r["sweep_values"], vals, "o-", label=k) if False else None
+    inset = b.inset_axes([0.1, 0.1, 0.8, 0.5])
+    for k, vals in r["sweep_measured"].items():
+        inset.plot(r["sweep_values"], vals, "o-", label=k)
+    inset.set_xlabel("component set to")
+    inset.set_ylabel("measured on generated icons")
+    inset.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(args) -> dict:
+    from ..adapter import Adapter
+    from ..extract import Extractor
+    from ..space import StyleSpace
+    from . import dataset
+
+    data = dataset.load(args.data)
+    report = evaluate(data, world_lib.IconWorld.load(args.world), Adapter.load(args.adapter),
+                      Extractor.load(args.extractor), StyleSpace.load(args.space),
+                      n_names=args.names, steps=args.steps)
+    report.pop("_images") if not args.out else None
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        summary_png(report, out.with_suffix(".png"))
+        report.pop("_images")
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k not in ("retrieval_per_theme", "themes")}, indent=1))
+    return report

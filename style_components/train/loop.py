@@ -1,0 +1,115 @@
+"""One resumable training loop under `accelerate` for the world's models (autoencoder, base, adapter).
+
+A trainer gives a model, its optimiser and `loss_fn(step, model) -> loss`; batches are drawn
+from a generator seeded by the step, so a resumed run continues exactly. RUN_DIR receives
+`checkpoint.pt` (every `save_every` steps, at the end, or when `max_minutes` run out),
+`history.json` and `loss.png`. Running the same command again resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+def cosine_with_warmup(optimizer, steps: int, warmup_fraction: float = 0.05):
+    warmup = max(1, int(warmup_fraction * steps))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+
+
+def plot_loss(history: dict, path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps, losses = history["step"], history["loss"]
+    ax.plot(steps, losses, lw=0.6, alpha=0.4, label="loss")
+    if len(losses) >= 20:
+        w = max(5, len(losses) // 50)
+        ax.plot(steps[w - 1:], np.convolve(losses, np.ones(w) / w, mode="valid"), lw=1.5, label=f"mean of {w}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.legend(loc="upper right")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(accelerator, run_dir, model: torch.nn.Module, optimizer, loss_fn: Callable[[int, torch.nn.Module], torch.Tensor],
+        *, steps: int, settings: dict, title: str, save_every: int = 200, max_minutes: float = 0,
+        progress: bool = True, restart: bool = False) -> dict:
+    """Train `model` to `steps`; returns {"step", "steps", "finished", "minutes", "run_dir"}.
+
+    settings: what must not change across a resume (sizes, learning rate). `steps` may: a run
+    can be lengthened or cut short, the learning-rate schedule follows the new length.
+    """
+    from tqdm.auto import tqdm
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    schedule = cosine_with_warmup(optimizer, steps)
+    ckpt = run_dir / "checkpoint.pt"
+    step, history = 0, {"step": [], "loss": [], "seconds": 0.0}
+    if ckpt.exists() and not restart:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if state["settings"] != json.loads(json.dumps(settings)):
+            raise ValueError(f"{ckpt} was made with other settings ({state['settings']}); use --restart to start over")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        step = int(state["step"])
+        history = json.loads((run_dir / "history.json").read_text())
+        accelerator.print(f"resumed from {ckpt} at step {step}")
+    model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
+    unwrapped = accelerator.unwrap_model(model)
+
+    def save() -> None:
+        if accelerator.is_main_process:
+            torch.save({"model": unwrapped.state_dict(), "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(), "step": step,
+                        "settings": json.loads(json.dumps(settings))}, ckpt)
+            (run_dir / "history.json").write_text(json.dumps(history))
+
+    t0, before = time.time(), history["seconds"]
+    bar = tqdm(total=steps, initial=step, desc=title, dynamic_ncols=True,
+               disable=not (progress and accelerator.is_local_main_process))
+    model.train()
+    while step < steps:
+        loss = loss_fn(step, model)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+        schedule.step()
+        step += 1
+        history["step"].append(step)
+        history["loss"].append(float(loss.item()))
+        history["seconds"] = before + time.time() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % save_every == 0:
+            save()
+        if max_minutes and time.time() - t0 > 60 * max_minutes and step < steps:
+            accelerator.print(f"\nstopped after --max-minutes at step {step}/{steps}: run again to resume")
+            break
+    bar.close()
+    save()
+    if accelerator.is_main_process:
+        plot_loss(history, run_dir / "loss.png", title)
+    model.eval()
+    return {"step": step, "steps": steps, "finished": step >= steps, "minutes": round(history["seconds"] / 60, 2),
+            "run_dir": str(run_dir)}
+
+
+def batch_rng(seed: int, step: int, process: int = 0) -> np.random.Generator:
+    """The batch generator of one step: resumes draw the same batches they would have."""
+    return np.random.default_rng([seed, step, process])

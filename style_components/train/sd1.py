@@ -1,0 +1,68 @@
+"""The adapter trainer's SD1.x path: a diffusers model folder and a folder of captioned images.
+
+    style-components train-adapter IMAGES_DIR RUN_DIR --sd-model SD15_DIR --extractor E --space S
+
+IMAGES_DIR holds images with an optional caption beside each (`cat.png` + `cat.txt`, the
+kohya-ss convention; no .txt = empty caption). SD15_DIR is a diffusers folder (`unet/`,
+`vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`), e.g. one written by diffusers'
+`convert_original_stable_diffusion_to_diffusers.py` from an A1111 checkpoint. Meant for a
+GPU; the same loss, hooks and adapter file as the demo world's trainer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def captioned_images(folder) -> tuple[list[Path], list[str]]:
+    """Image paths (sorted) and their captions."""
+    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    captions = []
+    for p in paths:
+        txt = p.with_suffix(".txt")
+        captions.append(txt.read_text(encoding="utf-8").strip() if txt.is_file() else "")
+    return paths, captions
+
+
+def load_pixels(path, resolution: int) -> torch.Tensor:
+    """Image -> [3, R, R] in [-1, 1]: short side to R, centre crop (the extractor's to_rgb first)."""
+
+    from ..extract import cover_and_crop, load_image
+    image = cover_and_crop(load_image(path), resolution, resolution)
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float() / 127.5 - 1
+
+
+class SD1Denoiser(nn.Module):
+    """A diffusers SD1.x model: frozen VAE and text encoder; forward(latents, t, names) -> UNet output."""
+
+    def __init__(self, folder):
+        super().__init__()
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        folder = Path(folder)
+        self.unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+        self.vae = AutoencoderKL.from_pretrained(folder / "vae").requires_grad_(False).eval()
+        self.text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder").requires_grad_(False).eval()
+        self.tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+        self.noise_scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
+        self.unet.requires_grad_(False)
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(pixels).latent_dist.sample() * self.vae.config.scaling_factor
+
+    def forward(self, latents, t, names):
+        ids = self.tokenizer(list(names), padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(latents.device)
+        with torch.no_grad():
+            context = self.text_encoder(ids)[0]
+        return self.unet(latents, t, encoder_hidden_states=context).sample

@@ -1,0 +1,81 @@
+"""The adapter trainer's SD1.x path (a diffusers folder + captioned images) on a tiny random
+SD1-shaped model written with the real diffusers/transformers classes' save_pretrained."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from style_components import cli
+from style_components.adapter import Adapter
+from style_components.train import sd1
+from unets import SMALL_SD1_DIFFUSERS
+
+transformers = pytest.importorskip("transformers")
+
+
+def tiny_sd1(folder):
+    """unet/ vae/ text_encoder/ tokenizer/ scheduler/ as diffusers' SD1 pipelines lay them out."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    UNet2DConditionModel(**SMALL_SD1_DIFFUSERS).save_pretrained(folder / "unet")
+    AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8, latent_channels=4,
+                  sample_size=32).save_pretrained(folder / "vae")
+    # a character-level CLIP BPE vocabulary (no merges): enough to tokenise any lowercase caption
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in letters:
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    (folder / "tokenizer").mkdir()
+    (folder / "tokenizer" / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "tokenizer" / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(str(folder / "tokenizer" / "vocab.json"), str(folder / "tokenizer" / "merges.txt"),
+                  model_max_length=16, pad_token="<|endoftext|>").save_pretrained(folder / "tokenizer")
+    CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
+                                 pad_token_id=1)).save_pretrained(folder / "text_encoder")
+    DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(
+        folder / "scheduler")
+
+
+def test_captions_beside_images(tmp_path):
+    Image.new("RGB", (40, 30), "red").save(tmp_path / "a.png")
+    Image.new("RGB", (30, 40), "blue").save(tmp_path / "b.jpg")
+    (tmp_path / "a.txt").write_text("a red square\n")
+    paths, captions = sd1.captioned_images(tmp_path)
+    assert [p.name for p in paths] == ["a.png", "b.jpg"] and captions == ["a red square", ""]
+    x = sd1.load_pixels(paths[0], 16)
+    assert x.shape == (3, 16, 16) and torch.allclose(x[0], torch.ones(16, 16), atol=1e-2)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        sd1.captioned_images(tmp_path / "empty")
+
+
+def test_train_adapter_on_an_sd1_folder(tmp_path, data_dir):
+    model = tmp_path / "sd15"
+    tiny_sd1(model)
+    images = tmp_path / "images"
+    images.mkdir()
+    from style_components.train import dataset
+    data = dataset.load(data_dir)
+    for i in range(6):
+        Image.fromarray(data.images[i]).save(images / f"{i}.png")
+        (images / f"{i}.txt").write_text(data.names[i].replace("-", " "))
+    run = tmp_path / "enc"
+    assert cli.main(["train", str(data_dir), str(run), "--steps", "1", "--eval-every", "0", "--width", "8",
+                     "--dim", "16", "--batch-themes", "2", "--per-theme", "2", "--no-progress", "--cpu"]) == 0
+    assert cli.main(["pca", str(data_dir), str(run / "extractor.safetensors"), str(run / "s.safetensors"),
+                     "--k", "3"]) == 0
+    out = tmp_path / "adapter"
+    assert cli.main(["train-adapter", str(images), str(out), "--sd-model", str(model), "--extractor",
+                     str(run / "extractor.safetensors"), "--space", str(run / "s.safetensors"), "--resolution", "32",
+                     "--steps", "2", "--batch", "2", "--no-progress", "--cpu"]) == 0
+    adapter = Adapter.load(out / "adapter.safetensors")
+    assert adapter.arch == "sd1" and adapter.d_in == 3 and adapter.cross_dim == 64
+    assert np.isfinite(json.loads((out / "history.json").read_text())["loss"]).all()

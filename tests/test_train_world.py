@@ -1,0 +1,104 @@
+"""The demo world's training pipeline on the drawn fixture, through the real CLI:
+train-autoencoder -> train-base (stopped and resumed) -> train-adapter -> evaluate --adapter."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from style_components import cli, inject
+from style_components.adapter import Adapter
+from style_components.layers import find_attn2
+from style_components.space import StyleSpace
+from style_components.train import base as base_train
+from style_components.world import IconWorld
+
+LOOP = ["--no-progress", "--cpu", "--batch", "4"]
+
+
+@pytest.fixture(scope="module")
+def style_models(data_dir, tmp_path_factory):
+    """A tiny extractor (2 SupCon steps) and its style space, as the adapter's inputs."""
+    run = tmp_path_factory.mktemp("enc")
+    assert cli.main(["train", str(data_dir), str(run), "--steps", "2", "--eval-every", "0", "--width", "8",
+                     "--dim", "16", "--batch-themes", "4", "--per-theme", "2", "--no-progress", "--cpu"]) == 0
+    space = run / "space.safetensors"
+    assert cli.main(["pca", str(data_dir), str(run / "extractor.safetensors"), str(space), "--k", "3"]) == 0
+    return run / "extractor.safetensors", space
+
+
+@pytest.fixture(scope="module")
+def world_path(data_dir, tmp_path_factory):
+    ae_run, base_run = tmp_path_factory.mktemp("ae"), tmp_path_factory.mktemp("base")
+    assert cli.main(["train-autoencoder", str(data_dir), str(ae_run), "--steps", "2", *LOOP]) == 0
+    ae = ae_run / "autoencoder.safetensors"
+    args = ["train-base", str(data_dir), str(base_run), "--autoencoder", str(ae), "--steps", "3",
+            "--save-every", "1", "--samples", "2", *LOOP]
+    assert cli.main(args + ["--max-minutes", "1e-9"]) == 0      # stops after step 1, resumable
+    assert not (base_run / "icon_world.safetensors").exists()
+    assert cli.main(args) == 0                                   # resumes: steps 2 and 3
+    history = json.loads((base_run / "history.json").read_text())
+    assert history["step"] == [1, 2, 3] and all(np.isfinite(history["loss"]))
+    assert (base_run / "loss.png").stat().st_size > 1000 and (base_run / "samples.png").stat().st_size > 1000
+    return base_run / "icon_world.safetensors"
+
+
+def test_autoencoder_and_base_files(world_path, data_dir):
+    world = IconWorld.load(world_path)
+    assert world.latent_scale > 0 and "folder" in world.text.vocab
+    assert world.meta["scheduler"]  # the sampler is rebuilt from the file's own config
+
+
+def test_resume_refuses_other_settings(world_path, data_dir, tmp_path):
+    run = world_path.parent
+    ae = next(p for p in run.parent.iterdir() if (p / "autoencoder.safetensors").exists()) / "autoencoder.safetensors"
+    with pytest.raises(ValueError, match="other settings"):
+        cli.main(["train-base", str(data_dir), str(run), "--autoencoder", str(ae), "--steps", "4",
+                  "--lr", "0.1", "--samples", "0", *LOOP])
+
+
+def test_adapter_training_moves_the_adapter_and_evaluates(world_path, style_models, data_dir, tmp_path):
+    extractor, space = style_models
+    run = tmp_path / "adapter"
+    assert cli.main(["train-adapter", str(data_dir), str(run), "--world", str(world_path), "--extractor",
+                     str(extractor), "--space", str(space), "--steps", "2", "--lr", "0.01", *LOOP]) == 0
+    adapter = Adapter.load(run / "adapter.safetensors")
+    world = IconWorld.load(world_path)
+    assert adapter.arch == "sd1" and adapter.d_in == StyleSpace.load(space).k and adapter.cross_dim == 64
+    # to_v_ip started as the UNet's to_v (IP-Adapter's init); training changed it
+    layer = min(find_attn2(world.unet), key=lambda a: a.key)
+    start = layer.module.to_v.weight.half().float()
+    assert not torch.allclose(adapter.layer(layer.key).to_v_ip.weight, start, atol=1e-3)
+
+    out = tmp_path / "fidelity.json"
+    assert cli.main(["evaluate", str(data_dir), str(extractor), "--adapter", str(run / "adapter.safetensors"),
+                     "--world", str(world_path), "--space", str(space), "--names", "2", "--steps", "2",
+                     "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    for key in ("adapter", "base"):
+        assert 0 <= report["retrieval_top1"][key] <= 1 and report["frechet_style_space"][key] >= 0
+        assert 0 <= report["content_accuracy"][key] <= 1
+    assert set(report["monotonicity_spearman"]) == {f"c{i + 1}" for i in range(3)}
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_trainable_hooks_pass_gradients_to_the_adapter(world_path):
+    world = IconWorld.load(world_path)
+    layers = sorted(find_attn2(world.unet), key=lambda a: a.key)
+    adapter = Adapter(3, 64, [layer.module.to_v.weight.shape[0] for layer in layers])
+    model = base_train.Denoiser(world)
+    styles = torch.randn(2, 3)
+    with inject.apply(world.unet, adapter, styles, trainable=True, rows=[0, inject.NULL]) as handle:
+        out = model(torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), ["folder", ""])
+        out.pow(2).mean().backward()
+        assert adapter.image_proj.proj.weight.grad is not None and adapter.image_proj.proj.weight.grad.abs().sum() > 0
+        grads = [v.to_v_ip.weight.grad for v in adapter.ip_adapter.values()]
+        assert all(g is not None and g.abs().sum() > 0 for g in grads)
+        # a new style table keeps the rows; without grad mode it is the cached inference path
+        handle.set_styles(torch.zeros(2, 3))
+        with torch.no_grad():
+            a = model(torch.zeros(2, 4, 8, 8), torch.tensor([10, 10]), ["folder", "folder"])
+            b = model(torch.zeros(2, 4, 8, 8), torch.tensor([10, 10]), ["folder", "folder"])
+        assert torch.equal(a, b)
+    assert not world.unet._forward_hooks and all(not m._forward_hooks for m in world.unet.modules())
