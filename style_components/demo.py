@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "models" / "demo"
-NAMES = ("folder", "user-trash", "user-home", "computer", "text-x-generic", "system-search")
+NAMES = ("folder", "computer", "system-search", "printer", "go-next", "media-record")
 SWEEP = (-2.0, -1.0, 0.0, 1.0, 2.0)
 CELL = 2  # pixel zoom of the 32 px icons
 

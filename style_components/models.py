@@ -31,6 +31,10 @@ _NAME_KIND = [
 _MAX_HEADER = 100 << 20
 
 
+# adapters whose metadata names a base model the WebUI cannot load
+NOT_FOR_WEBUI = frozenset({"style-components-icon-world"})
+
+
 def read_metadata(path) -> dict[str, str]:
     """The `__metadata__` of a safetensors file's header; {} when absent or unreadable."""
     try:
@@ -88,6 +92,8 @@ def scan(folders: Iterable) -> dict[str, ModelInfo]:
         by_dir: dict[Path, dict[str, dict[str, Path]]] = {}
         for path in sorted(folder.rglob("*.safetensors")):
             kind, name = classify(path)
+            if kind == "adapter" and read_metadata(path).get("base") in NOT_FOR_WEBUI:
+                continue  # e.g. the demo adapter in models/demo: its base is the icon world, not SD
             if kind in KINDS:
                 by_dir.setdefault(path.parent, {k: {} for k in KINDS})[kind].setdefault(name, path)
         for files in by_dir.values():

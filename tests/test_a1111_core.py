@@ -65,9 +65,9 @@ def test_infer_repeats_with_identical_latents_and_errors():
 
 # -- models --------------------------------------------------------------------------------------
 
-def _write(path, fmt=None):
+def _write(path, fmt=None, **meta):
     from style_components import files
-    files.write(path, {"x": torch.zeros(1)}, {"format": fmt} if fmt else {})
+    files.write(path, {"x": torch.zeros(1)}, {"format": fmt, **meta} if fmt else meta)
 
 
 def test_scan_groups_by_metadata_and_name(tmp_path):
@@ -80,7 +80,8 @@ def test_scan_groups_by_metadata_and_name(tmp_path):
     b = tmp_path / "b"
     _write(b / "anime.adapter.safetensors")                         # same name in a later folder: first wins
     _write(b / "x" / "photo.ip-adapter.safetensors")
-    found = models.scan([a, b, tmp_path / "missing"])
+    _write(b / "demo" / "icons.adapter.safetensors", "style-components-adapter", base="style-components-icon-world")
+    found = models.scan([a, b, tmp_path / "missing"])  # the demo world's adapter is not for the WebUI
     assert sorted(found) == ["anime", "photo", "second"]
     assert found["anime"].adapter == a / "anime.adapter.safetensors"
     assert found["anime"].space == a / "anime_space.safetensors"

@@ -102,3 +102,11 @@ def test_trainable_hooks_pass_gradients_to_the_adapter(world_path):
             b = model(torch.zeros(2, 4, 8, 8), torch.tensor([10, 10]), ["folder", "folder"])
         assert torch.equal(a, b)
     assert not world.unet._forward_hooks and all(not m._forward_hooks for m in world.unet.modules())
+
+
+def test_frechet_distance_of_shifted_gaussians():
+    from style_components.train.fidelity import frechet
+    a = np.random.default_rng(0).normal(size=(400, 3))
+    assert frechet(a, a) == pytest.approx(0, abs=1e-9)
+    assert frechet(a, a + [1.0, 2.0, 0.0]) == pytest.approx(5.0)          # |mean shift|^2
+    assert frechet(a, 2 * a) == pytest.approx(np.trace(np.cov(a, rowvar=False)), rel=1e-6)  # (2-1)^2 tr(C)

@@ -138,7 +138,8 @@ def run(args: argparse.Namespace) -> dict:
     if result["finished"] and accelerator.is_main_process:
         out = Path(args.run_dir) / "adapter.safetensors"
         adapter = accelerator.unwrap_model(model).adapter.cpu()
-        adapter.half().save(out, space=space.name, steps=result["step"])
+        base_name = "sd1" if args.sd_model else world_lib.FORMAT  # models.scan hides icon-world adapters
+        adapter.half().save(out, space=space.name, steps=result["step"], base=base_name)
         result["adapter"] = str(out)
         accelerator.print(f"wrote {out}")
     return result

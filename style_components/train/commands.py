@@ -62,6 +62,7 @@ def evaluate_arguments(p: argparse.ArgumentParser) -> None:
     adapter.add_argument("--space", help="style space .safetensors (the adapter's input)")
     adapter.add_argument("--names", type=int, default=8, help="held-out icon names to generate")
     adapter.add_argument("--steps", type=int, default=20, help="sampler steps")
+    adapter.add_argument("--strength", type=float, default=1.0, help="style strength of the generated icons")
 
 
 def pca_arguments(p: argparse.ArgumentParser) -> None:
