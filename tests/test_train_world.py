@@ -107,6 +107,7 @@ def test_trainable_hooks_pass_gradients_to_the_adapter(world_path):
 def test_frechet_distance_of_shifted_gaussians():
     from style_components.train.fidelity import frechet
     a = np.random.default_rng(0).normal(size=(400, 3))
+    a -= a.mean(0)  # centred: scaling it moves no mean
     assert frechet(a, a) == pytest.approx(0, abs=1e-9)
     assert frechet(a, a + [1.0, 2.0, 0.0]) == pytest.approx(5.0)          # |mean shift|^2
     assert frechet(a, 2 * a) == pytest.approx(np.trace(np.cov(a, rowvar=False)), rel=1e-6)  # (2-1)^2 tr(C)
