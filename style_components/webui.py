@@ -61,7 +61,9 @@ def begin_job(p, args: Sequence, registry, warn: Callable[[str], None] = print,
         params = sargs.apply_overrides(parsed.params, getattr(p, XYZ_ATTR, None))
         model = registry.load(params.model)
         if parsed.ref_images:
-            params = _from_references(params, model, parsed, load_extractor)
+            # A1111 sets p.is_api for /sdapi calls: an API caller must not read the server's files
+            params = _from_references(params, model, parsed, load_extractor,
+                                      allow_paths=not getattr(p, "is_api", False))
         params = finalize(params, model)
     except StyleComponentsError as e:
         setattr(p, ERROR_ATTR, f"Style Components: {e}")
@@ -158,8 +160,11 @@ def _tell(p, message: str, warn: Callable[[str], None]) -> None:
 
 # -- reference images ---------------------------------------------------------------------
 
-def decode_image(source):
-    """PIL image from a PIL image, a path, a gradio file dict, or base64 (with or without a data: prefix)."""
+def decode_image(source, allow_paths: bool = True):
+    """PIL image from a PIL image, a path, a gradio file dict, or base64 (with or without a data: prefix).
+
+    allow_paths=False (API requests) refuses file paths: a client names no file on the server.
+    """
     from PIL import Image
     if isinstance(source, Image.Image):
         return source
@@ -168,6 +173,8 @@ def decode_image(source):
     elif not isinstance(source, (str, bytes, Path)) and isinstance(getattr(source, "name", None), str):
         source = source.name  # gradio 3 File: a tempfile wrapper
     if isinstance(source, (str, Path)) and len(str(source)) < 4096 and Path(str(source)).is_file():
+        if not allow_paths:
+            raise StyleComponentsError("ref_images: the API takes base64-encoded images, not file paths")
         return Image.open(source)
     if isinstance(source, str):
         data = source.split(",", 1)[1] if source.startswith("data:") else source
@@ -178,14 +185,14 @@ def decode_image(source):
     raise StyleComponentsError(f"ref_images: cannot read an image from {type(source).__name__}")
 
 
-def _from_references(params, model, parsed, load_extractor):
+def _from_references(params, model, parsed, load_extractor, allow_paths: bool = True):
     if model.space is None or model.info.extractor is None:
         raise StyleComponentsError(f"model {model.info.name!r} has no extractor/style space to read reference images")
     if load_extractor is None:
         from .extract import Extractor
         load_extractor = Extractor.load
     extractor = load_extractor(model.info.extractor)
-    images = [decode_image(s) for s in parsed.ref_images]
+    images = [decode_image(s, allow_paths) for s in parsed.ref_images]
     embedding = extractor.embed(images, list(parsed.ref_weights) or None)
     components = model.space.to_components(embedding.reshape(-1)).tolist()
     note = params.refs or f"{len(images)} reference image{'s' if len(images) != 1 else ''}"

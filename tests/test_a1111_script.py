@@ -135,12 +135,21 @@ def test_reference_images_as_base64_fill_the_components(env, monkeypatch):
         b64 = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
         p, res = generate(env, [{"enabled": True, "model": "demo", "ref_images": [b64, b64[22:]],
                                  "ref_weights": [1, 3]}])
+        first = dict(seen)
         with pytest.raises(StyleComponentsError, match="neither a file nor a base64"):
             generate(env, [{"enabled": True, "model": "demo", "ref_images": ["not an image"]}])
+        # a server file path: fine from the UI (gradio hands uploads over as temp files), refused from the API
+        on_disk = extractor_file.parent / "ref.png"
+        Image.new("RGB", (20, 10), (200, 30, 30)).save(on_disk)
+        generate(env, [{"enabled": True, "model": "demo", "ref_images": [str(on_disk)]}])
+        with pytest.raises(StyleComponentsError, match="not file paths"):
+            generate(env, [{"enabled": True, "model": "demo", "ref_images": [str(on_disk)]}], is_api=True)
+        on_disk.unlink()
     finally:
         extractor_file.unlink()
         module.registry.refresh()
-    assert seen == {"sizes": [(20, 10), (20, 10)], "weights": [1.0, 3.0]}
+    assert first == {"sizes": [(20, 10), (20, 10)], "weights": [1.0, 3.0]}
+    assert seen == {"sizes": [(20, 10)], "weights": None}  # the path, read in UI mode
     restored = dict(zip(sargs.ALL_NAMES, paste(env, res.info)))
     assert [round(restored[c], 4) for c in sargs.COMPONENT_NAMES[:30]] == [0.5] * 30
     assert restored["refs"] == "2 reference images"
