@@ -173,7 +173,6 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    import numpy as np
     import torch
     from PIL import Image
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -108,9 +109,7 @@ def save_samples(world, data, path, n_names: int = 12, per_name: int = 8, seed: 
     from PIL import Image
 
     from ..generate import generate, grid
-    counts = {}
-    for n in data.names:
-        counts[n] = counts.get(n, 0) + 1
+    counts = Counter(data.names)
     chosen = sorted(counts, key=lambda n: (-counts[n], n))[:n_names]
     names = [n for n in chosen for _ in range(per_name)]
     images = generate(world, names, [seed + i for i in range(len(names))])

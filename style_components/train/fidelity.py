@@ -26,7 +26,6 @@ import torch
 
 from .. import world as world_lib
 from ..generate import generate
-from . import config
 
 SWEEP = (-2.0, -1.0, 0.0, 1.0, 2.0)
 
@@ -116,12 +115,11 @@ def evaluate(data, world, adapter, extractor, space, n_names: int = 8, seeds_per
     report["frechet_ratio"] = report["frechet_style_space"]["adapter"] / report["frechet_style_space"]["base"]
 
     # slider monotonicity: one component at a time, the others at 0
-    sweep_names = [n for n in names]
     rhos, measured = {}, {}
     for k in range(min(5, space.k)):
-        z = torch.zeros(len(SWEEP) * len(sweep_names), space.k)
-        z[:, k] = torch.tensor(SWEEP).repeat_interleave(len(sweep_names))
-        images = generate(world, sweep_names * len(SWEEP), [seed + i for i in range(len(sweep_names))] * len(SWEEP),
+        z = torch.zeros(len(SWEEP) * len(names), space.k)
+        z[:, k] = torch.tensor(SWEEP).repeat_interleave(len(names))
+        images = generate(world, names * len(SWEEP), [seed + i for i in range(len(names))] * len(SWEEP),
                           steps=steps, adapter=adapter, styles=z, strength=strength)
         got = space.to_components(torch.from_numpy(emb(images))).numpy()[:, k].reshape(len(SWEEP), -1).mean(1)
         measured[f"c{k + 1}"] = [round(float(v), 3) for v in got]
@@ -199,12 +197,12 @@ def run(args) -> dict:
     report = evaluate(data, world_lib.IconWorld.load(args.world), Adapter.load(args.adapter),
                       Extractor.load(args.extractor), StyleSpace.load(args.space),
                       n_names=args.names, steps=args.steps, strength=args.strength)
-    report.pop("_images") if not args.out else None
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         summary_png(report, out.with_suffix(".png"))
-        report.pop("_images")
+    report.pop("_images")
+    if args.out:
         out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k not in ("retrieval_per_theme", "themes")}, indent=1))
     return report

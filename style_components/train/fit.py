@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import config, dataset, encoder
+from . import config, dataset, encoder, loop
 from .supcon import supcon_loss
 
 
@@ -117,9 +116,7 @@ def train(args: argparse.Namespace) -> dict:
     kwargs = encoder.model_kwargs(dim=args.dim, width=args.width, depth=args.depth)
     model = encoder.build(encoder.ARCHITECTURE, kwargs)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    warmup = max(1, int(0.05 * args.steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
+    schedule = loop.cosine_with_warmup(optimizer, args.steps)
     sampler = BalancedBatches(train_part.labels, args.batch_themes, args.per_theme, args.steps, args.seed)
     loader = torch.utils.data.DataLoader(_Images(train_part.images, train_part.labels), batch_sampler=sampler)
 
