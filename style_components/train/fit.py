@@ -61,33 +61,6 @@ def knn_top1(train_emb, train_y, query_emb, query_y) -> float:
     return float((torch.as_tensor(train_y)[sims.argmax(1)] == torch.as_tensor(query_y)).float().mean())
 
 
-def plot_history(history: dict, path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    steps, losses = history["step"], history["loss"]
-    ax.plot(steps, losses, lw=0.6, alpha=0.4, label="SupCon loss")
-    if len(losses) >= 20:
-        w = max(5, len(losses) // 50)
-        smooth = np.convolve(losses, np.ones(w) / w, mode="valid")
-        ax.plot(steps[w - 1:], smooth, lw=1.5, label=f"loss (mean of {w})")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    if history.get("eval_step"):
-        ax2 = ax.twinx()
-        ax2.plot(history["eval_step"], history["eval_top1"], "o-", color="C3", label="held-out kNN top-1")
-        ax2.set_ylabel("held-out 1-NN top-1")
-        ax2.set_ylim(0, 1)
-        ax2.legend(loc="center right")
-    ax.legend(loc="upper right")
-    ax.set_title("style encoder training")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def export(model, path, kwargs: dict, name: str, fp16: bool = True) -> None:
     from ..extract import Extractor
 
@@ -190,7 +163,7 @@ def train(args: argparse.Namespace) -> dict:
             break
     bar.close()
     save()
-    plot_history(history, run_dir / "loss.png")
+    loop.plot_loss(history, run_dir / "loss.png", "style encoder training (SupCon)", log_scale=False)
     result = {"step": step, "steps": args.steps, "finished": step >= args.steps, "minutes": history["seconds"] / 60,
               "run_dir": str(run_dir)}
     if stopped:

@@ -24,7 +24,8 @@ def cosine_with_warmup(optimizer, steps: int, warmup_fraction: float = 0.05):
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
 
 
-def plot_loss(history: dict, path, title: str) -> None:
+def plot_loss(history: dict, path, title: str, log_scale: bool = True) -> None:
+    """Loss per step and its running mean; held-out `eval_top1` on a second axis when recorded."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -37,7 +38,14 @@ def plot_loss(history: dict, path, title: str) -> None:
         ax.plot(steps[w - 1:], np.convolve(losses, np.ones(w) / w, mode="valid"), lw=1.5, label=f"mean of {w}")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_yscale("log")
+    if log_scale:
+        ax.set_yscale("log")
+    if history.get("eval_step"):
+        ax2 = ax.twinx()
+        ax2.plot(history["eval_step"], history["eval_top1"], "o-", color="C3", label="held-out kNN top-1")
+        ax2.set_ylabel("held-out 1-NN top-1")
+        ax2.set_ylim(0, 1)
+        ax2.legend(loc="center right")
     ax.legend(loc="upper right")
     ax.set_title(title)
     fig.tight_layout()
