@@ -64,10 +64,10 @@ class StyleHandle:
             raise ValueError(f"{len(per_layer)} layer weights given, this UNet has {len(layers)} attn2 layers")
         if not 0.0 <= start <= end <= 1.0:
             raise ValueError(f"style range {start}-{end}: need 0 <= start <= end <= 1")
-        self.adapter, self.trainable = adapter, trainable
+        self.adapter, self.trainable, self.version = adapter, trainable, 0
+        self._rows: torch.Tensor | None = None
         self.set_styles(style_inputs)
         self.start, self.end, self.progress = start, end, 0.0
-        self._rows: torch.Tensor | None = None
         self._rows_on: dict = {}  # rows copied per (batch, device), once per call, not per layer
         self._hooks = []
         for layer, w in zip(layers, per_layer):
@@ -84,13 +84,16 @@ class StyleHandle:
 
     def set_styles(self, style_inputs: torch.Tensor) -> None:
         """Replace the style table (same use as `apply`'s style_inputs); rows keep their meaning."""
+        p = self.adapter.image_proj.norm.weight
+        inputs = torch.as_tensor(style_inputs).to(p.device, torch.float32).reshape(-1, self.adapter.d_in)
+        if self._rows is not None and bool((self._rows >= inputs.shape[0]).any()):
+            raise StyleComponentsError(f"style rows {self._rows.tolist()} name styles beyond the "
+                                       f"{inputs.shape[0]} given: set the rows first")
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
-            p = self.adapter.image_proj.norm.weight
-            inputs = torch.as_tensor(style_inputs).to(p.device, torch.float32).reshape(-1, self.adapter.d_in)
             # Style table: one row per style, the null style last so that NULL = -1 indexes it.
             self.tokens = self.adapter(torch.cat([inputs, self.adapter.null_input().to(inputs.device)]))
         self.n_styles = inputs.shape[0]
-        self.version = getattr(self, "version", 0) + 1
+        self.version += 1  # style terms recompute their cached values
 
     @property
     def active(self) -> bool:

@@ -95,6 +95,10 @@ def test_trainable_hooks_pass_gradients_to_the_adapter(world_path):
         assert adapter.image_proj.proj.weight.grad is not None and adapter.image_proj.proj.weight.grad.abs().sum() > 0
         grads = [v.to_v_ip.weight.grad for v in adapter.ip_adapter.values()]
         assert all(g is not None and g.abs().sum() > 0 for g in grads)
+        # a table too small for the rows is refused and changes nothing
+        with pytest.raises(inject.StyleComponentsError, match="set the rows first"):
+            handle.set_styles(torch.zeros(0, 3))
+        assert handle.n_styles == 2
         # a new style table keeps the rows; without grad mode it is the cached inference path
         handle.set_styles(torch.zeros(2, 3))
         with torch.no_grad():

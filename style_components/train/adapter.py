@@ -67,12 +67,15 @@ def style_inputs(images, extractor, space, batch: int = 256) -> torch.Tensor:
 
 
 def condition_dropout(names, rows, rng: np.random.Generator):
-    """Drop style (row -> NULL), name (-> ""), or both, 5 % each."""
+    """Drop style (row -> NULL), name (-> ""), or both, 5 % each.
+
+    One uniform draw per row: [0, S) style only, [S, S+B) both, [S+B, S+B+T) name only.
+    """
     names, rows = list(names), list(rows)
     for i, u in enumerate(rng.random(len(names))):
         if u < DROP_STYLE + DROP_BOTH:
             rows[i] = inject.NULL
-        if DROP_STYLE + DROP_BOTH - DROP_BOTH <= u < DROP_STYLE + DROP_BOTH + DROP_TEXT:
+        if DROP_STYLE <= u < DROP_STYLE + DROP_BOTH + DROP_TEXT:
             names[i] = ""
     return names, rows
 
