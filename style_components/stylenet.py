@@ -4,7 +4,9 @@ What carries an icon theme's style is palette, outline, shading and highlights, 
 statistics of low- and mid-level features, not what is drawn (as in neural style transfer,
 where style = per-channel feature means/stds). So the network pools the per-channel mean and
 standard deviation of its input and of every stage (four stages, stride 2 from the second on,
-64 px -> 8 px), concatenates them and maps them linearly (after a BatchNorm) to the embedding.
+64 px -> 8 px), concatenates them and maps them (after a BatchNorm) to the embedding: linearly,
+or with `hidden > 0` through a one-hidden-layer MLP, so that statistics can combine (a palette
+*and* an outline weight) before the cosine geometry is formed.
 
 It is registered in timm's model registry under `style_statnet` when this module is imported
 (`Extractor.load` does it before asking timm), so extractor files name it as their
@@ -33,7 +35,7 @@ def _stats(x: torch.Tensor) -> torch.Tensor:
 
 class StyleStatNet(nn.Module):
     def __init__(self, num_classes: int = 128, widths=(16, 32, 64, 128), blocks: int = 2, in_chans: int = 3,
-                 **_ignored):
+                 hidden: int = 0, **_ignored):
         super().__init__()
         self.num_classes = int(num_classes)
         stages, cin = [], in_chans
@@ -44,7 +46,13 @@ class StyleStatNet(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.num_features = 2 * (in_chans + sum(widths))
         self.norm = nn.BatchNorm1d(self.num_features)
-        self.head = nn.Linear(self.num_features, self.num_classes) if self.num_classes else nn.Identity()
+        if not self.num_classes:
+            self.head = nn.Identity()
+        elif hidden:
+            self.head = nn.Sequential(nn.Linear(self.num_features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                                      nn.Linear(hidden, self.num_classes))
+        else:
+            self.head = nn.Linear(self.num_features, self.num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         feats = [_stats(x)]

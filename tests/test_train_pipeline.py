@@ -30,7 +30,7 @@ def trained(data_dir, tmp_path_factory):
 def test_train_resumes_and_exports_a_loadable_extractor(trained, data_dir):
     history = json.loads((trained / "history.json").read_text())
     assert history["step"] == [1, 2, 3] and all(np.isfinite(history["loss"]))
-    assert history["eval_step"] == [2, 3] and all(0 <= a <= 1 for a in history["eval_top1"])
+    assert history["eval_step"] == [2, 3] and all(0 <= a <= 1 for a in history["eval"])
     assert (trained / "loss.png").stat().st_size > 1000
     ex = Extractor.load(trained / "extractor.safetensors")
     assert ex.dim == 16 and ex.preprocess == config.PREPROCESS_NAME
@@ -135,3 +135,15 @@ def test_style_statnet_is_a_timm_model_pooling_statistics():
     assert torch.allclose(feats[:, :6], want, atol=1e-4)
     # statistics pool over positions: a horizontally flipped image gives the same input statistics
     assert torch.allclose(model.forward_features(x.flip(-1))[:, :6], feats[:, :6], atol=1e-5)
+
+
+def test_statnet_mlp_head_saves_and_loads_through_the_extractor_format(tmp_path):
+    kwargs = encoder.model_kwargs(dim=8, width=4, depth=1, hidden=12)
+    assert kwargs["hidden"] == 12 and "hidden" not in encoder.model_kwargs(dim=8, width=4, depth=1)
+    model = encoder.build(encoder.ARCHITECTURE, kwargs).eval()
+    assert [type(m).__name__ for m in model.head] == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert model.head[0].out_features == 12 and model(torch.randn(2, 3, 32, 32)).shape == (2, 8)
+    Extractor.save(model, tmp_path / "e.safetensors", encoder.ARCHITECTURE, kwargs, config.PREPROCESS_NAME)
+    loaded = Extractor.load(tmp_path / "e.safetensors")
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(loaded.model(x), model(x), atol=1e-5)

@@ -41,6 +41,7 @@ def fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dim", type=int, default=128, help="embedding size")
     p.add_argument("--width", type=int, default=16, help="channels of the first stage (x2 per stage)")
     p.add_argument("--depth", type=int, default=2, help="conv layers per stage")
+    p.add_argument("--hidden", type=int, default=0, help="hidden units of an MLP head (0: linear head)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=250, help="held-out kNN every N steps (0: never)")
     p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps")

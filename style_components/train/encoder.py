@@ -28,9 +28,12 @@ from . import config
 ARCHITECTURE = stylenet.ARCHITECTURE
 
 
-def model_kwargs(dim: int = 128, width: int = 16, depth: int = 2) -> dict:
+def model_kwargs(dim: int = 128, width: int = 16, depth: int = 2, hidden: int = 0) -> dict:
     """JSON-able timm.create_model kwargs of the encoder (stored in the extractor file)."""
-    return {"widths": [width, 2 * width, 4 * width, 8 * width], "blocks": depth, "num_classes": dim}
+    kwargs = {"widths": [width, 2 * width, 4 * width, 8 * width], "blocks": depth, "num_classes": dim}
+    if hidden:
+        kwargs["hidden"] = hidden      # omitted when 0: files of the linear-head encoder stay as they were
+    return kwargs
 
 
 def build(architecture: str = ARCHITECTURE, kwargs: dict | None = None) -> torch.nn.Module:

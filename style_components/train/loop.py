@@ -1,9 +1,10 @@
-"""One resumable training loop under `accelerate` for the world's models (autoencoder, base, adapter).
+"""One resumable training loop under `accelerate` for every trainer (encoder, autoencoder, base, adapter).
 
-A trainer gives a model, its optimiser and `loss_fn(step, model) -> loss`; batches are drawn
-from a generator seeded by the step, so a resumed run continues exactly. RUN_DIR receives
-`checkpoint.pt` (every `save_every` steps, at the end, or when `max_minutes` run out),
-`history.json` and `loss.png`. Running the same command again resumes.
+A trainer gives a model, its optimiser and `loss_fn(step, model) -> loss`; batches (and their
+augmentations) are drawn from a generator seeded by the step, so a resumed run continues
+exactly. RUN_DIR receives `checkpoint.pt` (every `save_every` steps, at the end, or when
+`max_minutes` run out), `history.json` (loss per step; `evaluate(model)` every `eval_every`
+steps when given) and `loss.png`. Running the same command again resumes.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ def cosine_with_warmup(optimizer, steps: int, warmup_fraction: float = 0.05):
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
 
 
-def plot_loss(history: dict, path, title: str, log_scale: bool = True) -> None:
-    """Loss per step and its running mean; held-out `eval_top1` on a second axis when recorded."""
+def plot_loss(history: dict, path, title: str, eval_label: str = "held-out metric") -> None:
+    """Loss per step and its running mean (log scale); the `eval` values on a second axis when recorded."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -38,12 +39,11 @@ def plot_loss(history: dict, path, title: str, log_scale: bool = True) -> None:
         ax.plot(steps[w - 1:], np.convolve(losses, np.ones(w) / w, mode="valid"), lw=1.5, label=f"mean of {w}")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    if log_scale:
-        ax.set_yscale("log")
+    ax.set_yscale("log")
     if history.get("eval_step"):
         ax2 = ax.twinx()
-        ax2.plot(history["eval_step"], history["eval_top1"], "o-", color="C3", label="held-out kNN top-1")
-        ax2.set_ylabel("held-out 1-NN top-1")
+        ax2.plot(history["eval_step"], history["eval"], "o-", color="C3", label=eval_label)
+        ax2.set_ylabel(eval_label)
         ax2.set_ylim(0, 1)
         ax2.legend(loc="center right")
     ax.legend(loc="upper right")
@@ -55,11 +55,14 @@ def plot_loss(history: dict, path, title: str, log_scale: bool = True) -> None:
 
 def run(accelerator, run_dir, model: torch.nn.Module, optimizer, loss_fn: Callable[[int, torch.nn.Module], torch.Tensor],
         *, steps: int, settings: dict, title: str, save_every: int = 200, max_minutes: float = 0,
-        progress: bool = True, restart: bool = False) -> dict:
+        progress: bool = True, restart: bool = False, evaluate: Callable[[torch.nn.Module], float] | None = None,
+        eval_every: int = 0, eval_label: str = "held-out metric") -> dict:
     """Train `model` to `steps`; returns {"step", "steps", "finished", "minutes", "run_dir"}.
 
     settings: what must not change across a resume (sizes, learning rate). `steps` may: a run
     can be lengthened or cut short, the learning-rate schedule follows the new length.
+    evaluate: called on the unwrapped model (main process) every `eval_every` steps and at the
+    last step; its values go to history["eval"] and the loss plot.
     """
     from tqdm.auto import tqdm
 
@@ -104,6 +107,12 @@ def run(accelerator, run_dir, model: torch.nn.Module, optimizer, loss_fn: Callab
         history["seconds"] = before + time.time() - t0
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
+        if evaluate and eval_every and (step % eval_every == 0 or step == steps) and accelerator.is_main_process:
+            value = float(evaluate(unwrapped))
+            model.train()
+            history.setdefault("eval_step", []).append(step)
+            history.setdefault("eval", []).append(value)
+            accelerator.print(f"\nstep {step}: {eval_label} {value:.3f} ({history['seconds'] / 60:.1f} min)")
         if step % save_every == 0:
             save()
         if max_minutes and time.time() - t0 > 60 * max_minutes and step < steps:
@@ -112,7 +121,7 @@ def run(accelerator, run_dir, model: torch.nn.Module, optimizer, loss_fn: Callab
     bar.close()
     save()
     if accelerator.is_main_process:
-        plot_loss(history, run_dir / "loss.png", title)
+        plot_loss(history, run_dir / "loss.png", title, eval_label)
     model.eval()
     return {"step": step, "steps": steps, "finished": step >= steps, "minutes": round(history["seconds"] / 60, 2),
             "run_dir": str(run_dir)}
