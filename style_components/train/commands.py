@@ -32,25 +32,18 @@ def dataset_arguments(p: argparse.ArgumentParser) -> None:
 def fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="dataset folder (from `style-components dataset`)")
     p.add_argument("run_dir", help="checkpoint, history, loss.png and extractor.safetensors go here")
-    p.add_argument("--steps", type=int, default=3000, help="total optimiser steps (the LR schedule's length)")
     p.add_argument("--batch-themes", type=int, default=19, help="themes per batch")
     p.add_argument("--per-theme", type=int, default=4, help="images per theme per batch (x2 views)")
-    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--temperature", type=float, default=0.1)
     p.add_argument("--dim", type=int, default=128, help="embedding size")
     p.add_argument("--width", type=int, default=16, help="channels of the first stage (x2 per stage)")
     p.add_argument("--depth", type=int, default=2, help="conv layers per stage")
     p.add_argument("--hidden", type=int, default=0, help="hidden units of an MLP head (0: linear head)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=250, help="held-out kNN every N steps (0: never)")
-    p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps")
-    p.add_argument("--max-minutes", type=float, default=0, help="stop (resumably) after this many minutes")
     p.add_argument("--name", default="icon-style-encoder", help="extractor display name")
     p.add_argument("--fp32", action="store_true", help="export float32 weights (default float16)")
-    p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is there")
-    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _loop_arguments(p, steps=3000, batch=None, lr=3e-3)
 
 
 def evaluate_arguments(p: argparse.ArgumentParser) -> None:
@@ -86,9 +79,11 @@ def atlas_arguments(p: argparse.ArgumentParser) -> None:
 
 
 
-def _loop_arguments(p: argparse.ArgumentParser, steps: int, batch: int, lr: float) -> None:
+def _loop_arguments(p: argparse.ArgumentParser, steps: int, batch: int | None, lr: float) -> None:
+    """The arguments of train/loop.run, shared by every trainer (batch: None when it has its own)."""
     p.add_argument("--steps", type=int, default=steps, help="total optimiser steps (the LR schedule's length)")
-    p.add_argument("--batch", type=int, default=batch, help="images per step")
+    if batch is not None:
+        p.add_argument("--batch", type=int, default=batch, help="images per step")
     p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps")
