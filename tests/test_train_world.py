@@ -79,6 +79,7 @@ def test_adapter_training_moves_the_adapter_and_evaluates(world_path, style_mode
     for key in ("adapter", "base"):
         assert 0 <= report["retrieval_top1"][key] <= 1 and report["frechet_style_space"][key] >= 0
         assert 0 <= report["content_accuracy"][key] <= 1
+    assert all(0 <= report["retrieval_top1"][k] <= 1 for k in ("real_icons", "autoencoded_icons"))
     assert set(report["monotonicity_spearman"]) == {f"c{i + 1}" for i in range(3)}
     assert out.with_suffix(".png").stat().st_size > 1000
 
