@@ -91,9 +91,17 @@ class StyleHandle:
                                        f"{inputs.shape[0]} given: set the rows first")
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
             # Style table: one row per style, the null style last so that NULL = -1 indexes it.
-            self.tokens = self.adapter(torch.cat([inputs, self.adapter.null_input().to(inputs.device)]))
+            self.tokens = self.per_style(self.adapter, torch.cat([inputs, self.adapter.null_input().to(inputs.device)]))
         self.n_styles = inputs.shape[0]
         self.version += 1  # style terms recompute their cached values
+
+    def per_style(self, fn, table: torch.Tensor) -> torch.Tensor:
+        """fn(table), computed one style row at a time outside training: a matmul's rounding
+        depends on how many rows it gets, and a style's numbers must not depend on which other
+        styles share the batch (an image of a batch, regenerated alone, is then bit-identical)."""
+        if self.trainable and torch.is_grad_enabled():
+            return fn(table)
+        return torch.cat([fn(table[i:i + 1]) for i in range(table.shape[0])])
 
     @property
     def active(self) -> bool:
@@ -176,16 +184,16 @@ class _StyleTerm:
         w_o = self.out_proj.weight
 
         def compute():
-            v = self.values.to_v_ip(self.handle.tokens)[:, 0]
-            return (self.weight * (v.to(w_o.device) @ w_o.float().T)).to(out.device, out.dtype)
+            bias = lambda t: self.values.to_v_ip(t)[:, 0].to(w_o.device) @ w_o.float().T  # noqa: E731
+            return (self.weight * self.handle.per_style(bias, self.handle.tokens)).to(out.device, out.dtype)
         return self._cached((out.dtype, out.device, w_o._version, w_o.data_ptr()), compute)
 
     def _attention(self, x: torch.Tensor, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Decoupled attention of the layer's queries over the style tokens, through W_o (no bias)."""
         def compute():
-            tokens = self.handle.tokens
-            return (self.values.to_k_ip(tokens).to(out.device, out.dtype),
-                    self.values.to_v_ip(tokens).to(out.device, out.dtype))
+            tokens, each = self.handle.tokens, self.handle.per_style
+            return (each(self.values.to_k_ip, tokens).to(out.device, out.dtype),
+                    each(self.values.to_v_ip, tokens).to(out.device, out.dtype))
         k, v = (t[rows] for t in self._cached((out.dtype, out.device), compute))
         q = self.module.to_q(x)
         b, n, inner = q.shape

@@ -85,6 +85,19 @@ def test_uncond_rows_get_the_null_style_and_cond_rows_their_own(sd15_ldm, plain)
     assert not close(got[0], null_everywhere[0])
 
 
+@pytest.mark.parametrize("tokens", [1, 4])
+def test_a_style_does_not_depend_on_the_other_styles_in_the_batch(sd15_ldm, plain, tokens):
+    """An image regenerated alone (from its infotext) must equal it in its batch, bit for bit."""
+    inputs, _ = plain
+    adapter = adapter_for(sd15_ldm, tokens=tokens)
+    styles = torch.randn(5, 30, generator=torch.Generator().manual_seed(4))
+    with apply(sd15_ldm, adapter, styles, rows=[4, 1, NULL, NULL]):
+        in_batch = run_ldm(sd15_ldm, inputs)
+    with apply(sd15_ldm, adapter, styles[4:], rows=[0, 0, NULL, NULL]):
+        alone = run_ldm(sd15_ldm, inputs)
+    assert torch.equal(in_batch[0], alone[0]) and torch.equal(in_batch[2:], alone[2:])
+
+
 def test_zero_strength_zero_weights_and_disabled_range_are_bit_identical(sd15_ldm, plain):
     inputs, base = plain
     adapter = adapter_for(sd15_ldm)
