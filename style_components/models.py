@@ -132,7 +132,10 @@ class LoadedModel:
             from .errors import ModelFileError
             raise ModelFileError(self.info.space, f"style space has {self.space.d}-d embeddings, the adapter "
                                                   f"{self.info.adapter.name} takes {self.adapter.d_in}")
-        return self.space.to_embedding(z)
+        # one image at a time: a matmul's rounding depends on its row count, and an image's
+        # style must not depend on the batch it is in (see inject.StyleHandle.per_style)
+        return torch.stack([self.space.to_embedding(row) for row in z.reshape(-1, z.shape[-1])]).reshape(
+            *z.shape[:-1], self.space.d)
 
 
 class Registry:

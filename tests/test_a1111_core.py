@@ -134,6 +134,9 @@ def test_style_inputs_through_space_or_direct(sd15_ldm_meta_adapter):
     wide = adapter_for(ldm_unet(device="meta"), d_in=64, hidden=None)
     via_space = models.LoadedModel(info, wide, space)
     assert torch.allclose(via_space.style_inputs(z), space.to_embedding(z))
+    # an image's input does not depend on the other images of its batch (bit for bit)
+    batch = torch.randn(7, 30, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(via_space.style_inputs(batch)[6:], via_space.style_inputs(batch[6:]))
 
 
 # -- script arguments ----------------------------------------------------------------------------
