@@ -48,7 +48,6 @@ _ALLOWED = frozenset({
     "numpy.core.multiarray.scalar",
     "numpy._core.numeric._frombuffer",           # arrays in pickle protocol 5
     "numpy.core.numeric._frombuffer",
-    "sklearn.decomposition._pca.PCA",            # the style space's PCA object
 })
 # Packages whose nn.Module classes (and enums, e.g. timm's Format) a pickled model is made of.
 _MODULE_PACKAGES = ("torch.nn.modules", "timm")
@@ -61,7 +60,17 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
-_SUBSTITUTES = {"_codecs.encode": _latin1_encode}
+class PickledPCA:
+    """Stands in for sklearn's PCA when reading the original style space: it only holds the
+    fitted arrays the file carries, so conversion needs no scikit-learn (A1111 has none) and
+    runs none of its code."""
+
+
+_SUBSTITUTES = {
+    "_codecs.encode": _latin1_encode,
+    "sklearn.decomposition._pca.PCA": PickledPCA,   # the style space's PCA object (sklearn >= 0.22)
+    "sklearn.decomposition.pca.PCA": PickledPCA,    # ... its older module path
+}
 
 
 def _import(module: str, name: str) -> Any:

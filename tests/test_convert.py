@@ -75,6 +75,21 @@ def test_convert_space_through_the_cli(pca_file, tmp_path, capsys):
                                rtol=1e-4, atol=1e-3)
 
 
+def test_convert_space_needs_no_scikit_learn(pca_file, tmp_path):
+    """A1111's environment has no scikit-learn: the PCA's arrays are read without it."""
+    src, pca, std, data = pca_file
+    dst = tmp_path / "space.safetensors"
+    code = ("import sys; sys.modules['sklearn'] = None\n"  # any sklearn import now fails
+            "from style_components.convert import convert_space\n"
+            f"convert_space({str(src)!r}, {str(dst)!r})\n"
+            "assert 'sklearn' not in {m.split('.')[0] for m, v in sys.modules.items() if v is not None}")
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    got = StyleSpace.load(dst).to_components(torch.from_numpy(data).float())
+    np.testing.assert_allclose(got.numpy(), pca.transform(data) / std[:K], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("protocol", [2, 4, 5])
 def test_convert_space_reads_every_pickle_protocol(protocol, tmp_path):
     pca, std, data = fitted_pca(seed=protocol)
