@@ -15,6 +15,8 @@
         "import": "Set the sliders from the text.",
         "export": "Write the current sliders (or the random style) as text.",
         "copy": "Copy the text vector to the clipboard.",
+        "preset": "Set the sliders from a named preset (build presets in the Style Components tab).",
+        "preset_refresh": "Rescan the presets folder.",
         "ref_images": "Reference images whose style is extracted.",
         "ref_weights": "One weight per reference image (blank: equal weights).",
         "refs": "A note on the references, written to the image's infotext.",

@@ -33,6 +33,23 @@ def test_accordion_controls_follow_the_argument_layout(module):
     assert script.paste_field_names == [sargs.INFOTEXT_KEY]
 
 
+def test_every_accordion_control_has_a_tooltip(module):
+    """javascript/style_components.js titles each control by elem_id (sliders c1..c64 in a loop)."""
+    import re
+    from pathlib import Path
+    script = module.StyleComponentsScript()
+    with gr.Blocks() as page:
+        script.ui(False)
+    prefix = "style_components_txt2img_"
+    ids = {b.elem_id[len(prefix):] for b in page.blocks.values()
+           if isinstance(b, gr.components.IOComponent | gr.Button) and (b.elem_id or "").startswith(prefix)}
+    ids = {i.removesuffix("-checkbox") for i in ids}      # InputAccordion's own checkbox
+    js = (Path(__file__).parents[1] / "javascript" / "style_components.js").read_text()
+    tips = set(re.findall(r'^\s*"(\w+)":', js, re.M))
+    assert {"enabled", "model", "strength", "copy", "c1"} <= ids and len(ids) > 70
+    assert {i for i in ids if not re.fullmatch(r"c\d+", i)} - tips == set()
+
+
 def test_extension_tab_builds(module):
     with gr.Blocks():
         tabs = module.on_ui_tabs()
