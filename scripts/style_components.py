@@ -91,6 +91,7 @@ class StyleComponentsScript(scripts.Script):
         from modules.ui_components import InputAccordion, ToolButton
 
         names = registry.names()
+        k0, labels0 = slider_layout(names[0] if names else "")
         tab = "img2img" if is_img2img else "txt2img"
         eid = lambda s: f"style_components_{tab}_{s}"
         with InputAccordion(False, label=TITLE, elem_id=eid("enabled")) as enabled:
@@ -125,8 +126,9 @@ class StyleComponentsScript(scripts.Script):
             sliders = []
             with gr.Column(elem_id=eid("sliders")):
                 for i in range(sargs.MAX_COMPONENTS):
-                    sliders.append(gr.Slider(-5.0, 5.0, value=0.0, step=0.01, label=f"Style component {i + 1}",
-                                             visible=i < XYZ_COMPONENTS, elem_id=eid(f"c{i + 1}")))
+                    label = labels0[i] if i < len(labels0) and labels0[i] else f"Style component {i + 1}"
+                    sliders.append(gr.Slider(-5.0, 5.0, value=0.0, step=0.01, label=label,
+                                             visible=i < k0, elem_id=eid(f"c{i + 1}")))
             with gr.Accordion("Advanced", open=False):
                 blocks = gr.Dropdown(label="Blocks", choices=list(BLOCK_PRESETS), value="all", elem_id=eid("blocks"))
                 block_weights = gr.Textbox(label="Custom layer weights (16 for SD1, 70 for SDXL)",
@@ -204,6 +206,25 @@ class StyleComponentsScript(scripts.Script):
                                 if c is not ref_images]
         self.paste_field_names = [sargs.INFOTEXT_KEY]
         return controls
+
+
+def slider_layout(name):
+    """(K, labels) of model `name` read from its style space's header alone (no tensor is loaded),
+    so that the sliders shown before any model change match the model selected by default;
+    (XYZ_COMPONENTS, ()) when the header does not say."""
+    import json
+    info = registry.find(name) if name else None
+    if info is None or info.space is None:
+        return XYZ_COMPONENTS, ()
+    meta = models.read_metadata(info.space)
+    try:
+        k = int(meta["k"])
+        labels = json.loads(meta.get("labels") or "[]")
+    except (KeyError, ValueError):
+        return XYZ_COMPONENTS, ()
+    if not 0 < k <= sargs.MAX_COMPONENTS or not isinstance(labels, list):
+        return XYZ_COMPONENTS, ()
+    return k, tuple(str(label) for label in labels)
 
 
 def presets_folder():

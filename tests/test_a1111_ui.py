@@ -88,3 +88,23 @@ def test_random_button_turns_on_a_fresh_shown_seed(callbacks):
     exported = callbacks["on_export"]("demo", True, seed1, *([0.0] * sargs.MAX_COMPONENTS))
     from style_components.params import random_components
     assert [float(v) for v in exported.split()] == list(random_components(seed1, 30))
+
+
+def test_sliders_at_page_load_match_the_default_model(tmp_path_factory):
+    """Found in a real A1111 run: the default model (the first by name) had K=10, but the page
+    showed 30 sliders labelled "Style component N" until the model was changed (gradio fires no
+    change event for an initial value). K and labels now come from the space's header."""
+    from factories import adapter_for
+    from unets import ldm_unet
+    models = tmp_path_factory.mktemp("models")
+    folder = models / "StyleComponents"
+    adapter_for(ldm_unet(device="meta"), d_in=64, hidden=None).save(folder / "a-small.adapter.safetensors")
+    a1111_env.make_space(10, 64).save(folder / "a-small.space.safetensors")
+    module = a1111_env.load_script(models)
+    with gr.Blocks():
+        controls = module.StyleComponentsScript().ui(False)
+    sliders = controls[sargs.ALL_NAMES.index("c1"):]
+    assert [s.visible for s in sliders] == [True] * 10 + [False] * (sargs.MAX_COMPONENTS - 10)
+    assert sliders[0].label == "label 0" and sliders[9].label == "label 9"
+    assert sliders[10].label == "Style component 11"
+    assert module.registry.loaded is None  # read from the header: no model loaded to build the page
