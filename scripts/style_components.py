@@ -209,22 +209,14 @@ class StyleComponentsScript(scripts.Script):
 
 
 def slider_layout(name):
-    """(K, labels) of model `name` read from its style space's header alone (no tensor is loaded),
-    so that the sliders shown before any model change match the model selected by default;
-    (XYZ_COMPONENTS, ()) when the header does not say."""
-    import json
+    """(K, labels) of model `name` from its style space's header, so that the sliders shown
+    before any model change match the model selected by default (gradio fires no change event
+    for an initial value); (XYZ_COMPONENTS, ()) when that does not say."""
     info = registry.find(name) if name else None
-    if info is None or info.space is None:
+    layout = models.space_layout(info.space) if info is not None and info.space is not None else None
+    if layout is None or layout[0] > sargs.MAX_COMPONENTS:
         return XYZ_COMPONENTS, ()
-    meta = models.read_metadata(info.space)
-    try:
-        k = int(meta["k"])
-        labels = json.loads(meta.get("labels") or "[]")
-    except (KeyError, ValueError):
-        return XYZ_COMPONENTS, ()
-    if not 0 < k <= sargs.MAX_COMPONENTS or not isinstance(labels, list):
-        return XYZ_COMPONENTS, ()
-    return k, tuple(str(label) for label in labels)
+    return layout
 
 
 def presets_folder():

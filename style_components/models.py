@@ -49,6 +49,19 @@ def read_metadata(path) -> dict[str, str]:
     return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
 
 
+def space_layout(path) -> tuple[int, tuple[str, ...]] | None:
+    """(K, slider labels) of a style-space file from its header alone (no tensor is read);
+    None when the header does not say (the UI then shows its default sliders)."""
+    meta = read_metadata(path)
+    try:
+        k, labels = int(meta["k"]), json.loads(meta.get("labels") or "[]")
+    except (KeyError, ValueError):
+        return None
+    if k <= 0 or not isinstance(labels, list):
+        return None
+    return k, tuple(str(label) for label in labels)
+
+
 def classify(path) -> tuple[str | None, str]:
     """(kind, model name) of a file: kind from metadata, else from the name; None if neither says."""
     path = Path(path)

@@ -113,6 +113,16 @@ def test_registry_refresh_find_by_hash_and_unload(tmp_path, sd15_ldm_meta_adapte
     reg.unload()
 
 
+def test_space_layout_reads_k_and_labels_from_the_header_only(tmp_path):
+    import a1111_env
+    space = a1111_env.make_space(10, 64)
+    space.save(tmp_path / "s.space.safetensors")
+    assert models.space_layout(tmp_path / "s.space.safetensors") == (10, space.labels)
+    (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    assert models.space_layout(tmp_path / "bad.safetensors") is None
+    assert models.space_layout(tmp_path / "missing.safetensors") is None
+
+
 @pytest.fixture(scope="module")
 def sd15_ldm_meta_adapter():
     from factories import adapter_for
