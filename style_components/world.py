@@ -33,6 +33,7 @@ AUTOENCODER = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoder
                    latent_channels=4, norm_num_groups=16, sample_size=IMAGE_SIZE, mid_block_add_attention=False)
 # diffusers scheduler config the base was trained with (v-prediction, cosine betas)
 SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
+SAVED_FIELDS = ("format", "vocab", "latent_scale", "unet", "autoencoder", "scheduler", "parts")  # IconWorld.save writes these
 
 
 def words(name: str) -> list[str]:

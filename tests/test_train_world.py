@@ -50,6 +50,20 @@ def test_autoencoder_and_base_files(world_path, data_dir):
     assert world.meta["scheduler"]  # the sampler is rebuilt from the file's own config
 
 
+def test_decoder_of_sharpens_the_decoder_alone(world_path, data_dir, tmp_path):
+    """--decoder-of: only the decoder moves; encoder, latent scale, UNet and names stay bit for bit,
+    so the UNet's (and an adapter's) latents keep their meaning."""
+    run = tmp_path / "dec"
+    assert cli.main(["train-autoencoder", str(data_dir), str(run), "--decoder-of", str(world_path),
+                     "--steps", "2", "--lr", "0.01", *LOOP]) == 0
+    before, after = IconWorld.load(world_path), IconWorld.load(run / "icon_world.safetensors")
+    assert after.latent_scale == before.latent_scale and after.text.vocab == before.text.vocab
+    assert after.meta["steps"] == before.meta["steps"]  # the base's own metadata is kept
+    old, new = before.state_dict(), after.state_dict()
+    changed = {k for k in old if not torch.equal(old[k], new[k])}
+    assert changed and all(k.startswith(("autoencoder.decoder.", "autoencoder.post_quant_conv.")) for k in changed)
+
+
 def test_resume_refuses_other_settings(world_path, data_dir, tmp_path):
     run = world_path.parent
     ae = next(p for p in run.parent.iterdir() if (p / "autoencoder.safetensors").exists()) / "autoencoder.safetensors"

@@ -97,6 +97,8 @@ def autoencoder_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="dataset folder (from `style-components dataset`)")
     p.add_argument("run_dir", help="checkpoint, history, loss.png and autoencoder.safetensors go here")
     p.add_argument("--kl", type=float, default=1e-6, help="weight of the KL term")
+    p.add_argument("--decoder-of", metavar="WORLD", help="sharpen this icon_world.safetensors' decoder alone "
+                                                         "(its UNet stays valid); writes RUN_DIR/icon_world.safetensors")
     _loop_arguments(p, steps=1500, batch=64, lr=1e-3)
 
 
