@@ -72,6 +72,18 @@ def test_resume_refuses_other_settings(world_path, data_dir, tmp_path):
                   "--lr", "0.1", "--samples", "0", *LOOP])
 
 
+def test_group_reference_multi_token_training(world_path, style_models, data_dir, tmp_path):
+    """--reference group with 2 tokens: trains to_k_ip too, and the checkpoint records the reference rule."""
+    extractor, space = style_models
+    run = tmp_path / "group"
+    assert cli.main(["train-adapter", str(data_dir), str(run), "--world", str(world_path), "--extractor",
+                     str(extractor), "--space", str(space), "--steps", "2", "--tokens", "2", "--reference",
+                     "group", "--group-size", "2", *LOOP]) == 0
+    adapter = Adapter.load(run / "adapter.safetensors")
+    assert adapter.tokens == 2 and adapter.with_keys and adapter.layer(1).to_k_ip is not None
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["settings"]["reference"] == "group of 2"
+
+
 def test_adapter_training_moves_the_adapter_and_evaluates(world_path, style_models, data_dir, tmp_path):
     extractor, space = style_models
     run = tmp_path / "adapter"

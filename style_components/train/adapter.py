@@ -3,8 +3,11 @@
     style-components train-adapter DATA_DIR RUN_DIR --world W --extractor E --space S [--steps 1200]
     style-components train-adapter IMAGES_DIR RUN_DIR --sd-model SD15_DIR --extractor E --space S  (SD1.x, see sd1.py)
 
-Each training image is its own style reference: its extractor embedding, projected to the
-style space's K components, is the adapter input. Only the projection and the per-layer
+Each training image is its own style reference (`--reference self`, the original method):
+its extractor embedding, projected to the style space's K components, is the adapter input.
+`--reference group` gives instead the mean components of `--group-size` *other* images of
+the same artist (icon theme; with --sd-model, the image's sub-folder): what a user gives at
+generation time, and the adapter cannot copy the image's content from its own embedding. Only the projection and the per-layer
 `to_v_ip` train (1 token; `--tokens N` adds `to_k_ip`), initialised from the UNet's own `to_v`
 as IP-Adapter does, and hooked in by the core's `inject.apply(trainable=True)`: the same
 code that generates is the code that trains. Condition dropout: 5 % style (null style),
@@ -66,6 +69,16 @@ def style_inputs(images, extractor, space, batch: int = 256) -> torch.Tensor:
     return space.to_components(extractor.embed_each(list(images), batch)).float()
 
 
+def group_references(labels: np.ndarray, idx: np.ndarray, size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """For each row, up to `size` other images with its label (itself when it is alone)."""
+    picks = []
+    for i in idx:
+        pool = np.flatnonzero(labels == labels[i])
+        pool = pool[pool != i] if len(pool) > 1 else pool
+        picks.append(rng.choice(pool, min(size, len(pool)), replace=False))
+    return picks
+
+
 def condition_dropout(names, rows, rng: np.random.Generator):
     """Drop style (row -> NULL), name (-> ""), or both, 5 % each.
 
@@ -91,11 +104,12 @@ def icon_world_data(args):
 
     def batch(idx):
         return latents[idx]
-    return Denoiser(world), DDPMScheduler(**world_lib.SCHEDULER), list(data.images), np.array(data.names), batch
+    return (Denoiser(world), DDPMScheduler(**world_lib.SCHEDULER), list(data.images), np.array(data.names),
+            data.labels, batch)
 
 
 def sd1_data(args):
-    """An SD1.x diffusers folder and a captioned image folder; latents encoded per batch."""
+    """An SD1.x diffusers folder and a captioned image folder (sub-folders: artists); latents encoded per batch."""
     from . import sd1
 
     base = sd1.SD1Denoiser(args.sd_model)
@@ -104,7 +118,8 @@ def sd1_data(args):
     def batch(idx):
         pixels = torch.stack([sd1.load_pixels(paths[i], args.resolution) for i in idx])
         return base.encode(pixels.to(base.vae.device))
-    return base, base.noise_scheduler, paths, np.array(captions, dtype=object), batch
+    artists = np.unique([str(p.parent) for p in paths], return_inverse=True)[1]
+    return base, base.noise_scheduler, paths, np.array(captions, dtype=object), artists, batch
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -118,7 +133,7 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     accelerator = Accelerator(cpu=args.cpu)
     extractor, space = Extractor.load(args.extractor), StyleSpace.load(args.space)
-    base, noise_scheduler, images, captions, latents_of = (sd1_data if args.sd_model else icon_world_data)(args)
+    base, noise_scheduler, images, captions, labels, latents_of = (sd1_data if args.sd_model else icon_world_data)(args)
     styles = style_inputs(images, extractor, space)
     adapter = new_adapter(base.unet, space.k, args.tokens, name=args.name)
     model = StyledDenoiser(base, adapter)
@@ -128,12 +143,18 @@ def run(args: argparse.Namespace) -> dict:
         rng = loop.batch_rng(args.seed, step, accelerator.process_index)
         idx = rng.choice(len(images), args.batch)
         batch_names, rows = condition_dropout(captions[idx], range(len(idx)), rng)
+        if args.reference == "group":
+            batch_styles = torch.stack([styles[g].mean(0) for g in group_references(labels, idx, args.group_size, rng)])
+        else:
+            batch_styles = styles[idx]
         return diffusion_loss(model, latents_of(idx).to(accelerator.device), rng, noise_scheduler,
-                              names=batch_names, styles=styles[idx], rows=rows)
+                              names=batch_names, styles=batch_styles, rows=rows)
 
     base_file = args.world or str(Path(args.sd_model) / "unet")
     settings = {"batch": args.batch, "lr": args.lr, "tokens": args.tokens, "k": space.k, "base": base_file,
                 "space": files.short_hash(args.space)}
+    if args.reference == "group":  # (absent for self: checkpoints from before the option still resume)
+        settings["reference"] = f"group of {args.group_size}"
     result = loop.run(accelerator, args.run_dir, model, optimizer, loss_fn, steps=args.steps, settings=settings,
                       title="style adapter", save_every=args.save_every, max_minutes=args.max_minutes,
                       progress=not args.no_progress, restart=args.restart)

@@ -121,5 +121,9 @@ def adapter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extractor", required=True, help="style extractor .safetensors")
     p.add_argument("--space", required=True, help="style space .safetensors (its K is the adapter's input size)")
     p.add_argument("--tokens", type=int, default=1, help="style tokens (1: the fast per-layer bias)")
+    p.add_argument("--reference", choices=("self", "group"), default="self",
+                   help="style input of a training image: its own components (self), or the mean of "
+                        "--group-size other images of its artist: icon theme or sub-folder (group)")
+    p.add_argument("--group-size", type=int, default=4, help="images averaged per --reference group style")
     p.add_argument("--name", default="icon-style-adapter", help="adapter display name")
     _loop_arguments(p, steps=1200, batch=128, lr=1e-3)
