@@ -9,7 +9,7 @@ icons), and with the base alone from the same seeds. Reported (JSON + PNG):
 - Fréchet distance per theme between generated and real held-out icons, in the style space
   (K dims: with ~16 images per theme the 128-d embedding covariance would be rank-deficient);
 - slider monotonicity: component k set to -2..2 (others 0) moves the generated images'
-  measured component k; Spearman rho per top-5 component;
+  measured component k (mean over every held-out name and seed); Spearman rho per top-5 component;
 - content kept: a pixel classifier of icon names (trained on real held-out icons of all
   themes) on adapter outputs vs base outputs.
 
@@ -117,12 +117,13 @@ def evaluate(data, world, adapter, extractor, space, n_names: int = 8, seeds_per
     report["frechet_style_space"] = {k: float(np.mean(v)) for k, v in fd.items()}
     report["frechet_ratio"] = report["frechet_style_space"]["adapter"] / report["frechet_style_space"]["base"]
 
-    # slider monotonicity: one component at a time, the others at 0
+    # slider monotonicity: one component at a time, the others at 0; every name and seed at each value
     rhos, measured = {}, {}
+    per_value = len(job_names) // len(themes)
     for k in range(min(5, space.k)):
-        z = torch.zeros(len(SWEEP) * len(names), space.k)
-        z[:, k] = torch.tensor(SWEEP).repeat_interleave(len(names))
-        images = generate(world, names * len(SWEEP), [seed + i for i in range(len(names))] * len(SWEEP),
+        z = torch.zeros(len(SWEEP) * per_value, space.k)
+        z[:, k] = torch.tensor(SWEEP).repeat_interleave(per_value)
+        images = generate(world, job_names[:per_value] * len(SWEEP), job_seeds[:per_value] * len(SWEEP),
                           steps=steps, adapter=adapter, styles=z, strength=strength)
         got = space.to_components(torch.from_numpy(emb(images))).numpy()[:, k].reshape(len(SWEEP), -1).mean(1)
         measured[f"c{k + 1}"] = [round(float(v), 3) for v in got]
