@@ -64,9 +64,13 @@ def test_train_adapter_on_an_sd1_folder(tmp_path, data_dir):
     images.mkdir()
     from style_components.train import dataset
     data = dataset.load(data_dir)
-    for i in range(6):
-        Image.fromarray(data.images[i]).save(images / f"{i}.png")
-        (images / f"{i}.txt").write_text(data.names[i].replace("-", " "))
+    for i in range(6):  # two artists, a sub-folder each
+        folder = images / f"artist{i % 2}"
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(data.images[i]).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(data.names[i].replace("-", " "))
+    paths, _ = sd1.captioned_images(images)
+    assert list(sd1.artist_labels(paths)) == [0, 0, 0, 1, 1, 1]
     run = tmp_path / "enc"
     assert cli.main(["train", str(data_dir), str(run), "--steps", "1", "--eval-every", "0", "--width", "8",
                      "--dim", "16", "--batch-themes", "2", "--per-theme", "2", "--no-progress", "--cpu"]) == 0
@@ -75,7 +79,7 @@ def test_train_adapter_on_an_sd1_folder(tmp_path, data_dir):
     out = tmp_path / "adapter"
     assert cli.main(["train-adapter", str(images), str(out), "--sd-model", str(model), "--extractor",
                      str(run / "extractor.safetensors"), "--space", str(run / "s.safetensors"), "--resolution", "32",
-                     "--steps", "2", "--batch", "2", "--no-progress", "--cpu"]) == 0
+                     "--steps", "2", "--batch", "2", "--reference", "group", "--no-progress", "--cpu"]) == 0
     adapter = Adapter.load(out / "adapter.safetensors")
     assert adapter.arch == "sd1" and adapter.d_in == 3 and adapter.cross_dim == 64
     assert np.isfinite(json.loads((out / "history.json").read_text())["loss"]).all()

@@ -118,8 +118,7 @@ def sd1_data(args):
     def batch(idx):
         pixels = torch.stack([sd1.load_pixels(paths[i], args.resolution) for i in idx])
         return base.encode(pixels.to(base.vae.device))
-    artists = np.unique([str(p.parent) for p in paths], return_inverse=True)[1]
-    return base, base.noise_scheduler, paths, np.array(captions, dtype=object), artists, batch
+    return base, base.noise_scheduler, paths, np.array(captions, dtype=object), sd1.artist_labels(paths), batch
 
 
 def run(args: argparse.Namespace) -> dict:

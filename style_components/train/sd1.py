@@ -32,6 +32,11 @@ def captioned_images(folder) -> tuple[list[Path], list[str]]:
     return paths, captions
 
 
+def artist_labels(paths) -> np.ndarray:
+    """An artist id per image: its folder (IMAGES/<artist>/..., as `--reference group` reads them)."""
+    return np.unique([str(Path(p).parent) for p in paths], return_inverse=True)[1]
+
+
 def load_pixels(path, resolution: int) -> torch.Tensor:
     """Image -> [3, R, R] in [-1, 1]: short side to R, centre crop (the extractor's to_rgb first)."""
 
