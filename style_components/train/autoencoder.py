@@ -48,8 +48,9 @@ def run(args: argparse.Namespace) -> dict:
         recon = ae.decode(posterior.sample()).sample
         return (recon - x).abs().mean() + 0.5 * (recon - x).pow(2).mean() + args.kl * posterior.kl().mean()
 
-    settings = {"batch": args.batch, "lr": args.lr, "kl": args.kl, "config": model.autoencoder_config,
-                "decoder_of": files.short_hash(args.decoder_of) if args.decoder_of else None}
+    settings = {"batch": args.batch, "lr": args.lr, "kl": args.kl, "config": model.autoencoder_config}
+    if args.decoder_of:  # (absent otherwise: checkpoints from before the option still resume)
+        settings["decoder_of"] = files.short_hash(args.decoder_of)
     result = loop.run(accelerator, args.run_dir, ae, optimizer, loss_fn, steps=args.steps, settings=settings,
                       title="autoencoder", save_every=args.save_every, max_minutes=args.max_minutes,
                       progress=not args.no_progress, restart=args.restart)
