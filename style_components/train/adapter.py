@@ -11,7 +11,8 @@ generation time, and the adapter cannot copy the image's content from its own em
 Only the projection and the per-layer `to_v_ip` train (1 token; `--tokens N` adds `to_k_ip`),
 initialised from the UNet's own `to_v` as IP-Adapter does, and hooked in by the core's
 `inject.apply(trainable=True)`: the same code that generates is the code that trains.
-Condition dropout: 5 % style (null style), 5 % name (""), 5 % both. Only names outside the held-out families train.
+Condition dropout: 5 % style (null style), 5 % name (""), 5 % both. Only names outside the
+held-out families train.
 Writes RUN_DIR/adapter.safetensors (fp16, the core's adapter format).
 """
 
