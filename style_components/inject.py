@@ -29,6 +29,13 @@ RowResolver = Callable[[tuple, dict], Sequence[int]]
 _active: "weakref.WeakKeyDictionary[nn.Module, list[StyleHandle]]" = weakref.WeakKeyDictionary()
 
 
+def row_by_row(fn: Callable[[torch.Tensor], torch.Tensor], table: torch.Tensor) -> torch.Tensor:
+    """fn(table) computed one row at a time: a matmul's rounding depends on how many rows it
+    gets, and a style's numbers must not depend on which other styles share the batch (an image
+    of a batch, regenerated alone, is then bit-identical)."""
+    return torch.cat([fn(table[i:i + 1]) for i in range(table.shape[0])])
+
+
 def cfg_rows(n_images: int, cond_first: bool = True) -> list[int]:
     """Rows of the usual classifier-free-guidance batch: image i's style, then n null rows."""
     cond, uncond = list(range(n_images)), [NULL] * n_images
@@ -96,12 +103,10 @@ class StyleHandle:
         self.version += 1  # style terms recompute their cached values
 
     def per_style(self, fn, table: torch.Tensor) -> torch.Tensor:
-        """fn(table), computed one style row at a time outside training: a matmul's rounding
-        depends on how many rows it gets, and a style's numbers must not depend on which other
-        styles share the batch (an image of a batch, regenerated alone, is then bit-identical)."""
+        """fn(table), one style row at a time outside training (see row_by_row)."""
         if self.trainable and torch.is_grad_enabled():
             return fn(table)
-        return torch.cat([fn(table[i:i + 1]) for i in range(table.shape[0])])
+        return row_by_row(fn, table)
 
     @property
     def active(self) -> bool:

@@ -145,10 +145,8 @@ class LoadedModel:
             from .errors import ModelFileError
             raise ModelFileError(self.info.space, f"style space has {self.space.d}-d embeddings, the adapter "
                                                   f"{self.info.adapter.name} takes {self.adapter.d_in}")
-        # one image at a time: a matmul's rounding depends on its row count, and an image's
-        # style must not depend on the batch it is in (see inject.StyleHandle.per_style)
-        return torch.stack([self.space.to_embedding(row) for row in z.reshape(-1, z.shape[-1])]).reshape(
-            *z.shape[:-1], self.space.d)
+        from .inject import row_by_row  # an image's style must not depend on its batch
+        return row_by_row(self.space.to_embedding, z.reshape(-1, z.shape[-1])).reshape(*z.shape[:-1], self.space.d)
 
 
 class Registry:
