@@ -33,7 +33,6 @@ AUTOENCODER = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoder
                    latent_channels=4, norm_num_groups=16, sample_size=IMAGE_SIZE, mid_block_add_attention=False)
 # diffusers scheduler config the base was trained with (v-prediction, cosine betas)
 SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
-SAVED_FIELDS = ("format", "vocab", "latent_scale", "unet", "autoencoder", "scheduler", "parts")  # IconWorld.save writes these
 
 
 def words(name: str) -> list[str]:
@@ -113,9 +112,10 @@ class IconWorld(nn.Module):
     def save(self, path, parts: Sequence[str] = ("autoencoder", "unet", "text"), half: bool = True, **metadata) -> None:
         state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in self.state_dict().items()
                  if k.split(".", 1)[0] in parts}
-        files.write(path, state, {"format": FORMAT, "vocab": self.text.vocab, "latent_scale": self.latent_scale,
-                                  "unet": self.unet_config, "autoencoder": self.autoencoder_config,
-                                  "scheduler": SCHEDULER, "parts": list(parts), **metadata})
+        # the model's own fields last: metadata carried over from a loaded file (`**world.meta`) cannot override them
+        files.write(path, state, {**metadata, "format": FORMAT, "vocab": self.text.vocab,
+                                  "latent_scale": self.latent_scale, "unet": self.unet_config,
+                                  "autoencoder": self.autoencoder_config, "scheduler": SCHEDULER, "parts": list(parts)})
 
     @classmethod
     def load(cls, path, parts: Sequence[str] = ("autoencoder", "unet", "text")) -> "IconWorld":

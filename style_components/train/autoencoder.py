@@ -65,8 +65,7 @@ def run(args: argparse.Namespace) -> dict:
         result["latent_scale"] = round(model.latent_scale, 4)
         if args.decoder_of:
             out = Path(args.run_dir) / "icon_world.safetensors"
-            meta = {k: v for k, v in model.meta.items() if k not in world.SAVED_FIELDS}
-            model.save(out, **{**meta, "reconstruction_l1": result["reconstruction_l1"]})
+            model.save(out, **{**model.meta, "reconstruction_l1": result["reconstruction_l1"]})
         else:
             out = Path(args.run_dir) / "autoencoder.safetensors"
             model.save(out, parts=("autoencoder", "text"), half=False, reconstruction_l1=result["reconstruction_l1"])
