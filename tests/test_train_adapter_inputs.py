@@ -21,7 +21,7 @@ def test_condition_dropout_rates_and_pairing():
 def test_group_references_are_other_images_of_the_same_artist():
     labels = np.array([0, 0, 0, 1, 1, 2, 0, 0])
     idx = np.array([0, 3, 5, 6, 0])
-    picks = group_references(labels, idx, 3, np.random.default_rng(1))
+    picks = group_references(labels, 3)(idx, np.random.default_rng(1))
     for i, pick in zip(idx, picks):
         assert (labels[pick] == labels[i]).all()
         assert len(set(pick)) == len(pick)
@@ -29,5 +29,5 @@ def test_group_references_are_other_images_of_the_same_artist():
     assert list(picks[1]) == [4]          # the only other image of artist 1
     assert list(picks[2]) == [5]          # alone: itself
     # drawn from the generator: another seed, other groups
-    again = group_references(labels, np.zeros(50, int), 2, np.random.default_rng(2))
+    again = group_references(labels, 2)(np.zeros(50, int), np.random.default_rng(2))
     assert len({tuple(sorted(p)) for p in again}) > 1

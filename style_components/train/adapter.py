@@ -70,14 +70,23 @@ def style_inputs(images, extractor, space, batch: int = 256) -> torch.Tensor:
     return space.to_components(extractor.embed_each(list(images), batch)).float()
 
 
-def group_references(labels: np.ndarray, idx: np.ndarray, size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """For each row, up to `size` other images with its label (itself when it is alone)."""
-    picks = []
-    for i in idx:
-        pool = np.flatnonzero(labels == labels[i])
-        pool = pool[pool != i] if len(pool) > 1 else pool
-        picks.append(rng.choice(pool, min(size, len(pool)), replace=False))
-    return picks
+def group_references(labels: np.ndarray, size: int):
+    """A picker: (rows, rng) -> for each row, up to `size` other images with its label (itself when alone).
+
+    The per-label pools are indexed once, so a batch costs its own size, not the dataset's.
+    """
+    order = np.argsort(labels, kind="stable")
+    keys, starts = np.unique(labels[order], return_index=True)
+    pools = dict(zip(keys.tolist(), np.split(order, starts[1:])))
+
+    def pick(idx: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        picks = []
+        for i in idx:
+            pool = pools[int(labels[i])]
+            pool = pool[pool != i] if len(pool) > 1 else pool
+            picks.append(rng.choice(pool, min(size, len(pool)), replace=False))
+        return picks
+    return pick
 
 
 def condition_dropout(names, rows, rng: np.random.Generator):
@@ -139,12 +148,14 @@ def run(args: argparse.Namespace) -> dict:
     model = StyledDenoiser(base, adapter)
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=args.lr, weight_decay=0.01)
 
+    references = group_references(labels, args.group_size)
+
     def loss_fn(step: int, model) -> torch.Tensor:
         rng = loop.batch_rng(args.seed, step, accelerator.process_index)
         idx = rng.choice(len(images), args.batch)
         batch_names, rows = condition_dropout(captions[idx], range(len(idx)), rng)
         if args.reference == "group":
-            batch_styles = torch.stack([styles[g].mean(0) for g in group_references(labels, idx, args.group_size, rng)])
+            batch_styles = torch.stack([styles[g].mean(0) for g in references(idx, rng)])
         else:
             batch_styles = styles[idx]
         return diffusion_loss(model, latents_of(idx).to(accelerator.device), rng, noise_scheduler,
