@@ -18,8 +18,11 @@ from . import inject, world as world_lib
 
 def scheduler(kind: str = "dpm"):
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
-    cls = {"dpm": DPMSolverMultistepScheduler, "ddim": DDIMScheduler}[kind]
-    return cls(**world_lib.SCHEDULER)
+    if kind == "dpm":
+        return DPMSolverMultistepScheduler(**world_lib.SCHEDULER)
+    if kind == "ddim":  # DDIM clips x0 to [-1, 1] by default: right for pixels, wrong for unit-variance latents
+        return DDIMScheduler(**world_lib.SCHEDULER, clip_sample=False)
+    raise ValueError(f"unknown sampler {kind!r}: dpm or ddim")
 
 
 def initial_noise(seeds: Sequence[int], shape: tuple[int, ...]) -> torch.Tensor:

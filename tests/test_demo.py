@@ -9,7 +9,7 @@ from PIL import Image
 
 from style_components import cli
 from style_components.demo import DEMO_DIR, NAMES, DemoModels
-from style_components.generate import generate
+from style_components.generate import generate, scheduler
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,23 @@ def test_same_seed_same_icon_whatever_the_batch(models):
     c = generate(models.world, ["computer", "folder"], [9, 3], steps=6)
     assert np.abs(c[1].astype(int) - a[0].astype(int)).max() <= 2  # batch maths may round differently
     assert np.abs(a[0].astype(int) - a[1].astype(int)).mean() > 5   # and seeds/names do matter
+
+
+@pytest.mark.parametrize("kind", ["dpm", "ddim"])
+def test_each_sampler_returns_the_latent_an_exact_denoiser_knows(kind):
+    # the world's latents have unit variance, so many values lie outside [-1, 1]: a sampler that
+    # clips its x0 estimate there (DDIM's default, meant for pixels) flattens every sample
+    x0 = 2 * torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    sched = scheduler(kind)
+    sched.set_timesteps(10)
+    latents = sched.add_noise(x0, noise, sched.timesteps[:1]) if kind == "ddim" else noise * sched.init_noise_sigma
+    for t in sched.timesteps:
+        # v of the one trajectory that starts at noise and ends at x0
+        ab = sched.alphas_cumprod[t]
+        eps = (latents - ab.sqrt() * x0) / (1 - ab).sqrt()
+        latents = sched.step(ab.sqrt() * eps - (1 - ab).sqrt() * x0, t, latents).prev_sample
+    assert torch.allclose(latents, x0, atol=1e-3)
 
 
 def test_strength_zero_is_the_base_bit_for_bit(models):
