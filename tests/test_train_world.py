@@ -9,9 +9,11 @@ import torch
 
 from style_components import cli, inject
 from style_components.adapter import Adapter
+from style_components.errors import IncompatibleModelError
 from style_components.layers import find_attn2
 from style_components.space import StyleSpace
 from style_components.train import base as base_train
+from style_components.train.adapter import new_adapter
 from style_components.world import IconWorld
 
 LOOP = ["--no-progress", "--cpu", "--batch", "4"]
@@ -62,6 +64,24 @@ def test_decoder_of_sharpens_the_decoder_alone(world_path, data_dir, tmp_path):
     old, new = before.state_dict(), after.state_dict()
     changed = {k for k in old if not torch.equal(old[k], new[k])}
     assert changed and all(k.startswith(("autoencoder.decoder.", "autoencoder.post_quant_conv.")) for k in changed)
+
+
+def test_base_width_is_a_setting_and_the_shipped_adapter_refuses_another_width(world_path, data_dir, tmp_path):
+    """--width builds a wider UNet (the lever for a GPU); an adapter made for the 32-wide world is
+    refused on it by name, and a width ldm cannot normalise is refused before training."""
+    ae = next(p for p in world_path.parent.parent.iterdir()
+              if (p / "autoencoder.safetensors").exists()) / "autoencoder.safetensors"
+    args = ["train-base", str(data_dir), str(tmp_path / "wide"), "--autoencoder", str(ae), "--steps", "1",
+            "--samples", "0", *LOOP]
+    with pytest.raises(SystemExit, match="multiple of 32"):
+        cli.main(args + ["--width", "48"])
+    assert cli.main(args + ["--width", "64"]) == 0
+    wide = IconWorld.load(tmp_path / "wide" / "icon_world.safetensors")
+    assert wide.unet_config["model_channels"] == 64 and wide.unet.input_blocks[0][0].out_channels == 64
+    assert IconWorld.load(world_path).unet.input_blocks[0][0].out_channels == 32
+    narrow = new_adapter(IconWorld.load(world_path).unet, 3, 1)
+    with pytest.raises(IncompatibleModelError, match="another base model"):
+        inject.apply(wide.unet, narrow, torch.zeros(1, 3))
 
 
 def test_resume_refuses_other_settings(world_path, data_dir, tmp_path):

@@ -72,7 +72,12 @@ def run(args: argparse.Namespace) -> dict:
     ae_world = world_lib.IconWorld.load(args.autoencoder, parts=("autoencoder",))
     data = dataset.load(args.data)
     vocab = sorted({w for n in data.names for w in world_lib.words(n)})
-    world = world_lib.IconWorld(vocab, ae_world.latent_scale, autoencoder_config=ae_world.autoencoder_config)
+    width = world_lib.UNET["model_channels"] if args.width is None else args.width
+    if width <= 0 or width % 32:
+        raise SystemExit(f"--width {width}: the UNet's width must be a positive multiple of 32 "
+                         "(ldm normalises every block with 32 groups)")
+    world = world_lib.IconWorld(vocab, ae_world.latent_scale, unet_config={**world_lib.UNET, "model_channels": width},
+                                autoencoder_config=ae_world.autoencoder_config)
     world.autoencoder.load_state_dict(ae_world.autoencoder.state_dict())
     world.autoencoder.requires_grad_(False).eval()
     latents = dataset_latents(world, data)
