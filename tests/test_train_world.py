@@ -126,7 +126,12 @@ def test_adapter_training_moves_the_adapter_and_evaluates(world_path, style_mode
         assert 0 <= report["retrieval_top1"][key] <= 1 and report["frechet_style_space"][key] >= 0
         assert 0 <= report["content_accuracy"][key] <= 1
     assert all(0 <= report["retrieval_top1"][k] <= 1 for k in ("real_icons", "autoencoded_icons"))
-    assert set(report["monotonicity_spearman"]) == {f"c{i + 1}" for i in range(3)}
+    assert set(report["monotonicity_spearman"]) == set(report["sweep_gain"]) == {f"c{i + 1}" for i in range(3)}
+    pairs = report["trained_pair_selection"]
+    assert pairs["pairs"] > 0 and 0 < pairs["chance"] <= 1 and 0 <= pairs["adapter"] <= 1
+    # the base draws the same icon whatever style is asked: it picks one drawing per name and seed
+    assert pairs["base"] == pytest.approx(pairs["chance"])
+    assert 0 <= report["style_separability"]["adapter"] <= 1
     assert out.with_suffix(".png").stat().st_size > 1000
 
 
@@ -162,3 +167,24 @@ def test_frechet_distance_of_shifted_gaussians():
     assert frechet(a, a) == pytest.approx(0, abs=1e-9)
     assert frechet(a, a + [1.0, 2.0, 0.0]) == pytest.approx(5.0)          # |mean shift|^2
     assert frechet(a, 2 * a) == pytest.approx(np.trace(np.cov(a, rowvar=False)), rel=1e-6)  # (2-1)^2 tr(C)
+
+
+def test_fidelity_diagnostics_on_constructed_cases():
+    from style_components.train.fidelity import nearest_drawing, separability, slope
+    assert slope([-2, -1, 0, 1, 2], [1.0, 1.5, 2.0, 2.5, 3.0]) == pytest.approx(0.5)
+    assert slope([-2, -1, 0, 1, 2], [3.0, 3.0, 3.0, 3.0, 3.0]) == 0
+    # three labels, two seeds: distinct directions separate, one shared direction cannot
+    rng = np.random.default_rng(0)
+    labels, groups = np.repeat([0, 1, 2], 4), np.tile([0, 1], 6)
+    distinct = np.eye(3)[labels] + 0.05 * rng.normal(size=(12, 3))
+    assert separability(distinct, labels, groups) == 1.0
+    same = np.ones((12, 3)) + 0.05 * rng.normal(size=(12, 3))
+    assert separability(same, labels, groups) < 0.7
+    # nearest drawing only among the same name; a gallery image finds its own label
+    gallery = rng.integers(0, 255, (6, 4, 4, 3)).astype(np.uint8)
+    names, labels = ["a", "a", "a", "b", "b", "b"], np.array([0, 1, 2, 0, 1, 2])
+    assert list(nearest_drawing(gallery, names, gallery, names, labels)) == [0, 1, 2, 0, 1, 2]
+    # the image of a/label 1 asked as name b: must answer a label among b's drawings by pixels, never a's
+    got = nearest_drawing(gallery[[1]], ["b"], gallery, names, labels)[0]
+    flat = gallery.reshape(6, -1).astype(float)
+    assert got == labels[3 + ((flat[3:] - flat[1]) ** 2).sum(1).argmin()]

@@ -9,7 +9,15 @@ icons), and with the base alone from the same seeds. Reported (JSON + PNG):
 - Fréchet distance per theme between generated and real held-out icons, in the style space
   (K dims: with ~16 images per theme the 128-d embedding covariance would be rank-deficient);
 - slider monotonicity: component k set to -2..2 (others 0) moves the generated images'
-  measured component k (mean over every held-out name and seed); Spearman rho per top-5 component;
+  measured component k (mean over every held-out name and seed); Spearman rho per top-5 component,
+  and the response gain (least-squares slope of measured on set: 1 = the slider moves the
+  picture as far as it asks);
+- style separability: are the generated styles distinct from *each other*, whatever the real
+  icons look like? Theme centroids of one seed's images classify the other seed's (chance 1/themes);
+- trained-pair selection, a judge no model trained: for names the adapter trained on, generate
+  each (name, theme) icon from its own components and ask whose drawing of that name it is
+  nearest in pixels (chance 1/themes drawing the name; the round trip scores ~0.96). It tells a
+  weak style signal (low here too) from one that does not reach new subjects (high here only);
 - content kept: a pixel classifier of icon names (trained on real held-out icons of all
   themes) on adapter outputs vs base outputs.
 
@@ -49,11 +57,44 @@ def spearman(x, y) -> float:
     return float(spearmanr(x, y).statistic)
 
 
-def heldout_names(data, n: int) -> list[str]:
-    """The n held-out names drawn by the most themes."""
+def slope(x, y) -> float:
+    """Least-squares slope of y on x."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    return float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
+
+
+def unit(e: np.ndarray) -> np.ndarray:
+    return e / np.linalg.norm(e, axis=-1, keepdims=True)
+
+
+def separability(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
+    """Leave-one-group-out nearest-centroid (cosine) accuracy: centroids of the labels from every
+    other group classify this group's rows. Groups are seeds: distinct styles score high."""
+    hits = []
+    for g in np.unique(groups):
+        rest = groups != g
+        centroids = {lab: unit(embeddings[rest & (labels == lab)].mean(0)) for lab in np.unique(labels[rest])}
+        keys = np.array(list(centroids))
+        pred = keys[(unit(embeddings[~rest]) @ np.stack(list(centroids.values())).T).argmax(1)]
+        hits.append(pred == labels[~rest])
+    return float(np.concatenate(hits).mean())
+
+
+def nearest_drawing(images: np.ndarray, names, gallery: np.ndarray, gallery_names, gallery_labels) -> np.ndarray:
+    """For each image, the label of the nearest (pixel L2) gallery image with the same name."""
+    gallery_names, flat = np.asarray(gallery_names), gallery.reshape(len(gallery), -1).astype(np.float32)
+    out = []
+    for image, name in zip(images.reshape(len(images), -1).astype(np.float32), names):
+        idx = np.flatnonzero(gallery_names == name)
+        out.append(gallery_labels[idx[((flat[idx] - image) ** 2).sum(1).argmin()]])
+    return np.array(out)
+
+
+def most_drawn(data, n: int, heldout: bool = True) -> list[str]:
+    """The n names drawn by the most themes, among the held-out (or the training) names."""
     counts: dict[str, int] = {}
     for name, held in zip(data.names, data.heldout):
-        if held:
+        if held == heldout:
             counts[name] = counts.get(name, 0) + 1
     return sorted(counts, key=lambda k: (-counts[k], k))[:n]
 
@@ -63,16 +104,15 @@ def evaluate(data, world, adapter, extractor, space, n_names: int = 8, seeds_per
     from sklearn.linear_model import LogisticRegression
 
     themes = data.themes
-    names = heldout_names(data, n_names)
+    names = most_drawn(data, n_names)
     small = at_world_size(data.images)
     emb = lambda images: extractor.embed_each(list(images)).numpy()
     real = emb(small)
     real_z = space.to_components(torch.from_numpy(real)).numpy()
-    centroids = np.stack([real[data.labels == t].mean(0) for t in range(len(themes))])
-    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    centroids = unit(np.stack([real[data.labels == t].mean(0) for t in range(len(themes))]))
 
     def nearest_theme(e: np.ndarray) -> np.ndarray:
-        return (e / np.linalg.norm(e, axis=1, keepdims=True) @ centroids.T).argmax(1)
+        return (unit(e) @ centroids.T).argmax(1)
 
     # the style each theme asks for: mean embedding of its training-split reference icons
     rng = np.random.default_rng(seed)
@@ -104,6 +144,10 @@ def evaluate(data, world, adapter, extractor, space, n_names: int = 8, seeds_per
                                 "real_icons": float((nearest_theme(real[held]) == data.labels[held]).mean()),
                                 "autoencoded_icons": float((nearest_theme(emb(round_trip)) == data.labels[held]).mean())}
     report["retrieval_per_theme"] = {themes[t]: float((pred_s[asked == t] == t).mean()) for t in range(len(themes))}
+    if seeds_per_name > 1:  # groups: which of a name's seeds each job is (the innermost loop above)
+        seed_index = np.tile(np.arange(seeds_per_name), len(jobs) // seeds_per_name)
+        report["style_separability"] = {"adapter": separability(e_styled, asked, seed_index),
+                                        "base": separability(e_base, asked, seed_index)}
 
     z_styled = space.to_components(torch.from_numpy(e_styled)).numpy()
     z_base = space.to_components(torch.from_numpy(e_base)).numpy()
@@ -131,6 +175,20 @@ def evaluate(data, world, adapter, extractor, space, n_names: int = 8, seeds_per
     report["sweep_values"] = list(SWEEP)
     report["sweep_measured"] = measured
     report["monotonicity_spearman"] = rhos
+    report["sweep_gain"] = {k: slope(SWEEP, v) for k, v in measured.items()}
+
+    # trained-pair selection: training names, each real icon's own components, nearest drawing in pixels
+    trained = np.flatnonzero(np.isin(np.array(data.names), most_drawn(data, n_names, heldout=False)))
+    pair_names = [data.names[i] for i in trained] * seeds_per_name
+    pair_seeds = [seed + s for s in range(seeds_per_name) for _ in trained]
+    own = space.to_components(torch.from_numpy(emb(data.images[trained]))).repeat(seeds_per_name, 1)
+    truth = np.tile(data.labels[trained], seeds_per_name)
+    pick = lambda images: float((nearest_drawing(images, pair_names, small, data.names, data.labels) == truth).mean())
+    report["trained_pair_selection"] = {
+        "adapter": pick(generate(world, pair_names, pair_seeds, steps=steps, adapter=adapter, styles=own,
+                                 strength=strength)),
+        "base": pick(generate(world, pair_names, pair_seeds, steps=steps)),
+        "chance": float(np.mean([1 / data.names.count(n) for n in pair_names])), "pairs": len(trained)}
 
     # content: icon-name classifier on pixels (16 px grey), trained on real held-out icons
     def features(images):
@@ -178,7 +236,12 @@ def summary_png(report: dict, path) -> None:
             f"Frechet (style space): adapter {r['frechet_style_space']['adapter']:.2f}, "
             f"base {r['frechet_style_space']['base']:.2f} (ratio {r['frechet_ratio']:.2f})\n"
             f"content accuracy: adapter {r['content_accuracy']['adapter']:.2f}, base {r['content_accuracy']['base']:.2f}\n"
-            "slider Spearman: " + ", ".join(f"{k} {v:.2f}" for k, v in r["monotonicity_spearman"].items()))
+            "slider Spearman: " + ", ".join(f"{k} {v:.2f}" for k, v in r["monotonicity_spearman"].items()) +
+            "\nslider gain: " + ", ".join(f"{k} {v:.2f}" for k, v in r["sweep_gain"].items()) +
+            f"\ntrained-pair selection: adapter {r['trained_pair_selection']['adapter']:.2f}, "
+            f"base {r['trained_pair_selection']['base']:.2f} (chance {r['trained_pair_selection']['chance']:.2f})" +
+            (f"\nstyle separability: adapter {r['style_separability']['adapter']:.2f}"
+             if "style_separability" in r else ""))
     b.axis("off")
     b.text(0, 0.95, text, va="top", fontsize=9, family="monospace", wrap=True)
     inset = b.inset_axes([0.1, 0.1, 0.8, 0.5])
