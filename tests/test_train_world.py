@@ -93,15 +93,17 @@ def test_resume_refuses_other_settings(world_path, data_dir, tmp_path):
 
 
 def test_group_reference_multi_token_training(world_path, style_models, data_dir, tmp_path):
-    """--reference group with 2 tokens: trains to_k_ip too, and the checkpoint records the reference rule."""
+    """--reference group with 2 tokens and plain loss weighting: trains to_k_ip too, and the checkpoint
+    records the reference rule and the weighting."""
     extractor, space = style_models
     run = tmp_path / "group"
     assert cli.main(["train-adapter", str(data_dir), str(run), "--world", str(world_path), "--extractor",
                      str(extractor), "--space", str(space), "--steps", "2", "--tokens", "2", "--reference",
-                     "group", "--group-size", "2", *LOOP]) == 0
+                     "group", "--group-size", "2", "--snr-gamma", "0", *LOOP]) == 0
     adapter = Adapter.load(run / "adapter.safetensors")
     assert adapter.tokens == 2 and adapter.with_keys and adapter.layer(1).to_k_ip is not None
-    assert torch.load(run / "checkpoint.pt", weights_only=True)["settings"]["reference"] == "group of 2"
+    settings = torch.load(run / "checkpoint.pt", weights_only=True)["settings"]
+    assert settings["reference"] == "group of 2" and settings["snr_gamma"] == 0
 
 
 def test_adapter_training_moves_the_adapter_and_evaluates(world_path, style_models, data_dir, tmp_path):
@@ -188,3 +190,24 @@ def test_fidelity_diagnostics_on_constructed_cases():
     got = nearest_drawing(gallery[[1]], ["b"], gallery, names, labels)[0]
     flat = gallery.reshape(6, -1).astype(float)
     assert got == labels[3 + ((flat[3:] - flat[1]) ** 2).sum(1).argmin()]
+
+
+@pytest.mark.parametrize("prediction", ["v_prediction", "epsilon"])
+def test_diffusion_loss_weightings_against_a_direct_computation(prediction):
+    """min-SNR-gamma (the default) and plain (snr_gamma 0) against the formulas, for both targets."""
+    from diffusers import DDPMScheduler
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction)
+    latents = torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    zero = lambda noisy, t: torch.zeros_like(noisy)  # the loss is then the weighted mean square of the target
+    got = {g: float(base_train.diffusion_loss(zero, latents, np.random.default_rng(1), sched, g)) for g in (5.0, 0)}
+    # the same draws, by hand
+    rng = np.random.default_rng(1)
+    noise = torch.from_numpy(rng.standard_normal(latents.shape, dtype=np.float32))
+    t = torch.from_numpy(rng.integers(0, 1000, 6))
+    target = sched.get_velocity(latents, noise, t) if prediction == "v_prediction" else noise
+    per_item = target.pow(2).mean((1, 2, 3))
+    snr = sched.alphas_cumprod[t] / (1 - sched.alphas_cumprod[t])
+    min_snr = torch.minimum(snr, torch.tensor(5.0)) / (snr + 1 if prediction == "v_prediction" else snr)
+    assert got[5.0] == pytest.approx(float((min_snr * per_item).mean()), rel=1e-5)
+    assert got[0] == pytest.approx(float(per_item.mean()), rel=1e-5)
+    assert got[0] != pytest.approx(got[5.0], rel=1e-3)

@@ -158,12 +158,12 @@ def run(args: argparse.Namespace) -> dict:
             batch_styles = torch.stack([styles[g].mean(0) for g in references(idx, rng)])
         else:
             batch_styles = styles[idx]
-        return diffusion_loss(model, latents_of(idx).to(accelerator.device), rng, noise_scheduler,
+        return diffusion_loss(model, latents_of(idx).to(accelerator.device), rng, noise_scheduler, args.snr_gamma,
                               names=batch_names, styles=batch_styles, rows=rows)
 
     base_file = args.world or str(Path(args.sd_model) / "unet")
     settings = {"batch": args.batch, "lr": args.lr, "tokens": args.tokens, "k": space.k, "base": base_file,
-                "space": files.short_hash(args.space)}
+                "space": files.short_hash(args.space), **loop.weighting(args.snr_gamma)}
     if args.reference == "group":  # (absent for self: checkpoints from before the option still resume)
         settings["reference"] = f"group of {args.group_size}"
     result = loop.run(accelerator, args.run_dir, model, optimizer, loss_fn, steps=args.steps, settings=settings,

@@ -102,6 +102,12 @@ def autoencoder_arguments(p: argparse.ArgumentParser) -> None:
     _loop_arguments(p, steps=1500, batch=64, lr=1e-3)
 
 
+def _weighting_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--snr-gamma", type=float, default=5.0,
+                   help="min-SNR-gamma loss weighting; 0: plain MSE, every timestep alike (weighs the "
+                        "noisiest steps, where layout and palette settle, ~40x more than min-SNR-5)")
+
+
 def base_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="dataset folder (from `style-components dataset`)")
     p.add_argument("run_dir", help="checkpoint, history, loss.png, icon_world.safetensors, samples.png go here")
@@ -110,6 +116,7 @@ def base_arguments(p: argparse.ArgumentParser) -> None:
                                              "world's 32; 64 is the next size to try on a GPU)")
     p.add_argument("--caption-dropout", type=float, default=0.1, help="fraction of names dropped (for CFG)")
     p.add_argument("--samples", type=int, default=12, help="icon names in samples.png (0: no samples)")
+    _weighting_argument(p)
     _loop_arguments(p, steps=2400, batch=128, lr=5e-4)
 
 
@@ -128,4 +135,5 @@ def adapter_arguments(p: argparse.ArgumentParser) -> None:
                         "--group-size other images of its artist: icon theme or sub-folder (group)")
     p.add_argument("--group-size", type=int, default=4, help="images averaged per --reference group style")
     p.add_argument("--name", default="icon-style-adapter", help="adapter display name")
+    _weighting_argument(p)
     _loop_arguments(p, steps=1200, batch=128, lr=1e-3)
