@@ -30,7 +30,7 @@ from .. import files, inject, world as world_lib
 from ..adapter import Adapter
 from ..layers import find_attn2
 from . import dataset, loop
-from .base import Denoiser, dataset_latents, diffusion_loss
+from .base import Denoiser, dataset_latents, diffusion_loss, weighting, weighting_title
 
 DROP_STYLE, DROP_TEXT, DROP_BOTH = 0.05, 0.05, 0.05
 
@@ -163,12 +163,12 @@ def run(args: argparse.Namespace) -> dict:
 
     base_file = args.world or str(Path(args.sd_model) / "unet")
     settings = {"batch": args.batch, "lr": args.lr, "tokens": args.tokens, "k": space.k, "base": base_file,
-                "space": files.short_hash(args.space), **loop.weighting(args.snr_gamma)}
+                "space": files.short_hash(args.space), **weighting(args.snr_gamma)}
     if args.reference == "group":  # (absent for self: checkpoints from before the option still resume)
         settings["reference"] = f"group of {args.group_size}"
     result = loop.run(accelerator, args.run_dir, model, optimizer, loss_fn, steps=args.steps, settings=settings,
-                      title="style adapter", save_every=args.save_every, max_minutes=args.max_minutes,
-                      progress=not args.no_progress, restart=args.restart)
+                      title=f"style adapter ({weighting_title(args.snr_gamma)} loss)", save_every=args.save_every,
+                      max_minutes=args.max_minutes, progress=not args.no_progress, restart=args.restart)
     model.handle.remove()
     if result["finished"] and accelerator.is_main_process:
         out = Path(args.run_dir) / "adapter.safetensors"

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .. import world as world_lib
-from . import dataset, loop
+from . import config, dataset, loop
 
 
 class Denoiser(nn.Module):
@@ -36,7 +36,7 @@ class Denoiser(nn.Module):
 
 
 def diffusion_loss(model, latents: torch.Tensor, rng: np.random.Generator, noise_scheduler,
-                   snr_gamma: float = 5.0, **condition) -> torch.Tensor:
+                   snr_gamma: float = config.SNR_GAMMA, **condition) -> torch.Tensor:
     """Min-SNR-weighted diffusion loss of one batch (noise and timesteps drawn from `rng`);
     `model(noisy, t, **condition)` predicts what the scheduler's `prediction_type` says
     (v for the demo world, epsilon for SD1.x). snr_gamma <= 0: the plain MSE of that prediction,
@@ -52,6 +52,16 @@ def diffusion_loss(model, latents: torch.Tensor, rng: np.random.Generator, noise
     weight = torch.clamp(snr, max=snr_gamma) / (snr + 1 if v else snr) if snr_gamma > 0 else torch.ones_like(snr)
     per_item = (model(noisy, t, **condition).float() - target).pow(2).mean(dim=(1, 2, 3))
     return (weight * per_item).mean()
+
+
+def weighting(snr_gamma: float) -> dict:
+    """The loss weighting as a checkpoint setting; absent at the default, so that checkpoints
+    from before the option still resume."""
+    return {} if snr_gamma == config.SNR_GAMMA else {"snr_gamma": snr_gamma}
+
+
+def weighting_title(snr_gamma: float) -> str:
+    return f"min-SNR-{snr_gamma:g}" if snr_gamma > 0 else "plain"
 
 
 def dataset_latents(world, data, batch: int = 256) -> torch.Tensor:
@@ -93,9 +103,9 @@ def run(args: argparse.Namespace) -> dict:
                               names=drop(names[idx], rng, args.caption_dropout))
 
     settings = {"batch": args.batch, "lr": args.lr, "caption_dropout": args.caption_dropout,
-                "unet": world.unet_config, "vocab": vocab, **loop.weighting(args.snr_gamma)}
+                "unet": world.unet_config, "vocab": vocab, **weighting(args.snr_gamma)}
     result = loop.run(accelerator, args.run_dir, model, optimizer, loss_fn, steps=args.steps, settings=settings,
-                      title="base model (min-SNR v-loss)", save_every=args.save_every,
+                      title=f"base model ({weighting_title(args.snr_gamma)} v-loss)", save_every=args.save_every,
                       max_minutes=args.max_minutes, progress=not args.no_progress, restart=args.restart)
     if result["finished"] and accelerator.is_main_process:
         world = world.cpu().eval().requires_grad_(False)

@@ -103,7 +103,7 @@ def autoencoder_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _weighting_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--snr-gamma", type=float, default=5.0,
+    p.add_argument("--snr-gamma", type=float, default=config.SNR_GAMMA,
                    help="min-SNR-gamma loss weighting; 0: plain MSE, every timestep alike (weighs the "
                         "noisiest steps, where layout and palette settle, ~40x more than min-SNR-5)")
 

@@ -16,6 +16,7 @@ IMAGE_SIZE = 64                    # rasterised size of every icon (px, square)
 BACKGROUND = (255, 255, 255)       # icons are composited on white, as extract.to_rgb does
 MIN_THEMES = 10                    # keep icon names drawn (distinctly) by at least this many themes
 SHARD_SIZE = 2048                  # images per .npy shard
+SNR_GAMMA = 5.0                    # diffusion trainers' default min-SNR-gamma loss weighting
 
 # Held-out evaluation split: whole name *families* (first word of the icon name: all folder-*
 # together), never seen in training. Fixed list, chosen once to hold out about a quarter of

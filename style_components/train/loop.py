@@ -130,9 +130,3 @@ def run(accelerator, run_dir, model: torch.nn.Module, optimizer, loss_fn: Callab
 def batch_rng(seed: int, step: int, process: int = 0) -> np.random.Generator:
     """The batch generator of one step: resumes draw the same batches they would have."""
     return np.random.default_rng([seed, step, process])
-
-
-def weighting(snr_gamma: float) -> dict:
-    """The loss weighting as a checkpoint setting; absent at the default (min-SNR-5), so that
-    checkpoints from before the option still resume."""
-    return {} if snr_gamma == 5.0 else {"snr_gamma": snr_gamma}
