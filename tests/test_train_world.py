@@ -129,6 +129,9 @@ def test_adapter_training_moves_the_adapter_and_evaluates(world_path, style_mode
         assert 0 <= report["content_accuracy"][key] <= 1
     assert all(0 <= report["retrieval_top1"][k] <= 1 for k in ("real_icons", "autoencoded_icons"))
     assert set(report["monotonicity_spearman"]) == set(report["sweep_gain"]) == {f"c{i + 1}" for i in range(3)}
+    around = report["sweep_around_styles"]
+    assert set(around["spearman"]) == set(around["gain"]) == set(around["measured_offset"]) == {"c1", "c2", "c3"}
+    assert report["frechet_style_space"]["real_icons"] >= 0 and report["frechet_ratio_real_icons"] >= 0
     pairs = report["trained_pair_selection"]
     assert pairs["pairs"] > 0 and 0 < pairs["chance"] <= 1 and 0 <= pairs["adapter"] <= 1
     # the base draws the same icon whatever style is asked: it picks one drawing per name and seed
@@ -169,6 +172,31 @@ def test_frechet_distance_of_shifted_gaussians():
     assert frechet(a, a) == pytest.approx(0, abs=1e-9)
     assert frechet(a, a + [1.0, 2.0, 0.0]) == pytest.approx(5.0)          # |mean shift|^2
     assert frechet(a, 2 * a) == pytest.approx(np.trace(np.cov(a, rowvar=False)), rel=1e-6)  # (2-1)^2 tr(C)
+
+
+def test_slider_response_measures_the_move_from_each_start_style():
+    from style_components.train.fidelity import SWEEP, slider_response
+    start = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.0, -2.0]])
+    sweep = np.array(SWEEP)
+    # a perfect slider: the picture shows exactly the asked components
+    perfect = slider_response(lambda z: z.numpy(), lambda images: images, start, 3)
+    assert all(np.allclose(v, sweep) for v in perfect["measured"].values())
+    assert perfect["gain"] == pytest.approx({"c1": 1.0, "c2": 1.0, "c3": 1.0})
+    assert perfect["spearman"]["c3"] == pytest.approx(1.0)
+    # a slider that moves the picture half as far and pulls every style halfway to the mean:
+    # measured k - start k = 0.5 (start k + v) - start k; gain 0.5 whatever the start
+    half = slider_response(lambda z: z.numpy(), lambda images: 0.5 * images, start, 2)
+    assert np.allclose(half["measured"]["c1"], 0.5 * sweep - 0.5 * start[:, 0].mean().item())
+    assert half["gain"]["c2"] == pytest.approx(0.5)
+    # a response too small to show at the report's 3 decimals is still ranked (no false ties)
+    faint = slider_response(lambda z: z.numpy(), lambda images: 1e-4 * images, torch.zeros(2, 3), 1)
+    assert faint["measured"]["c1"] == [0.0] * len(SWEEP) and faint["spearman"]["c1"] == pytest.approx(1.0)
+    # a slider that reverses direction scores rho -1; images are asked value-major, start rows inner
+    asked = []
+    reverse = slider_response(lambda z: asked.append(z.clone()) or -z.numpy(), lambda images: images, start, 1)
+    assert reverse["spearman"]["c1"] == pytest.approx(-1.0)
+    assert torch.equal(asked[0][:2, 1:], start[:, 1:]) and asked[0][:, 0].tolist() == [
+        s + v for v in SWEEP for s in start[:, 0].tolist()]
 
 
 def test_fidelity_diagnostics_on_constructed_cases():

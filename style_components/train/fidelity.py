@@ -7,11 +7,14 @@ icons), and with the base alone from the same seeds. Reported (JSON + PNG):
 - style retrieval: nearest real-theme centroid of each generated image's embedding is the
   theme whose style was asked for (chance 1/themes); adapter vs base;
 - Fréchet distance per theme between generated and real held-out icons, in the style space
-  (K dims: with ~16 images per theme the 128-d embedding covariance would be rank-deficient);
+  (K dims: with ~16 images per theme the 128-d embedding covariance would be rank-deficient),
+  beside the same score for as many of the theme's *real* icons of other names: what drawing
+  the theme's style perfectly, but not these subjects, would score;
 - slider monotonicity: component k set to -2..2 (others 0) moves the generated images'
   measured component k (mean over every held-out name and seed); Spearman rho per top-5 component,
   and the response gain (least-squares slope of measured on set: 1 = the slider moves the
-  picture as far as it asks);
+  picture as far as it asks). The same again as a user moves a slider: component k of each
+  theme's extracted style offset by -2..2 (`sweep_around_styles`);
 - style separability: are the generated styles distinct from *each other*, whatever the real
   icons look like? Theme centroids of one seed's images classify the other seed's (chance 1/themes);
 - trained-pair selection, a judge no model trained: for names the adapter trained on, generate
@@ -90,6 +93,23 @@ def nearest_drawing(images: np.ndarray, names, gallery: np.ndarray, gallery_name
     return np.array(out)
 
 
+def slider_response(draw, measure, start: torch.Tensor, components: int) -> dict:
+    """Move component k (< `components`) of each start style by each SWEEP value, one k at a time.
+
+    draw(styles [V*N, K]) -> images, value-major; measure(images) -> their components [V*N, K].
+    Per k: the measured component minus the start's, averaged per value; Spearman rho and gain.
+    """
+    means = {}
+    for k in range(components):
+        z = start.repeat(len(SWEEP), 1)
+        z[:, k] += torch.tensor(SWEEP, dtype=z.dtype).repeat_interleave(len(start))
+        got = measure(draw(z))[:, k] - start[:, k].repeat(len(SWEEP)).numpy()
+        means[f"c{k + 1}"] = got.reshape(len(SWEEP), -1).mean(1)
+    return {"measured": {k: [round(float(v), 3) for v in m] for k, m in means.items()},
+            "spearman": {k: spearman(SWEEP, m) for k, m in means.items()},   # unrounded: no false ties
+            "gain": {k: slope(SWEEP, m) for k, m in means.items()}}
+
+
 def most_drawn(data, n: int, heldout: bool = True) -> list[str]:
     """The n names drawn by the most themes, among the held-out (or the training) names."""
     counts: dict[str, int] = {}
@@ -151,31 +171,40 @@ def evaluate(data, world, adapter, extractor, space, n_names: int = 8, seeds_per
 
     z_styled = space.to_components(torch.from_numpy(e_styled)).numpy()
     z_base = space.to_components(torch.from_numpy(e_base)).numpy()
-    fd = {"adapter": [], "base": []}
+    # a reference a generator could at best hope for: as many of the theme's real icons (other,
+    # training-split names), scored the same way (mean of 10 draws)
+    fd = {"adapter": [], "base": [], "real_icons": []}
     for t in range(len(themes)):
         target = real_z[(data.labels == t) & data.heldout]
-        if len(target) < 3:
+        pool = np.flatnonzero((data.labels == t) & ~data.heldout)
+        if len(target) < 3 or len(pool) < 3:
             continue
         fd["adapter"].append(frechet(z_styled[asked == t], target))
         fd["base"].append(frechet(z_base[asked == t], target))
-    report["frechet_style_space"] = {k: float(np.mean(v)) for k, v in fd.items()}
-    report["frechet_ratio"] = report["frechet_style_space"]["adapter"] / report["frechet_style_space"]["base"]
+        draws = [rng.choice(pool, min(report["images_per_theme"], len(pool)), replace=False) for _ in range(10)]
+        fd["real_icons"].append(np.mean([frechet(real_z[d], target) for d in draws]))
+    report["frechet_style_space"] = fds = {k: float(np.mean(v)) for k, v in fd.items()}
+    report["frechet_ratio"] = fds["adapter"] / fds["base"]
+    report["frechet_ratio_real_icons"] = fds["real_icons"] / fds["base"]
 
     # slider monotonicity: one component at a time, the others at 0; every name and seed at each value
-    rhos, measured = {}, {}
     per_value = len(job_names) // len(themes)
-    for k in range(min(5, space.k)):
-        z = torch.zeros(len(SWEEP) * per_value, space.k)
-        z[:, k] = torch.tensor(SWEEP).repeat_interleave(per_value)
-        images = generate(world, job_names[:per_value] * len(SWEEP), job_seeds[:per_value] * len(SWEEP),
-                          steps=steps, adapter=adapter, styles=z, strength=strength)
-        got = space.to_components(torch.from_numpy(emb(images))).numpy()[:, k].reshape(len(SWEEP), -1).mean(1)
-        measured[f"c{k + 1}"] = [round(float(v), 3) for v in got]
-        rhos[f"c{k + 1}"] = spearman(SWEEP, got)
+
+    def sliders(start: torch.Tensor, sweep_names: list, sweep_seeds: list) -> dict:
+        draw = lambda z: generate(world, sweep_names * len(SWEEP), sweep_seeds * len(SWEEP), steps=steps,
+                                  adapter=adapter, styles=z, strength=strength)
+        measure = lambda images: space.to_components(torch.from_numpy(emb(images))).numpy()
+        return slider_response(draw, measure, start, min(5, space.k))
+    alone = sliders(torch.zeros(per_value, space.k), job_names[:per_value], job_seeds[:per_value])
     report["sweep_values"] = list(SWEEP)
-    report["sweep_measured"] = measured
-    report["monotonicity_spearman"] = rhos
-    report["sweep_gain"] = {k: slope(SWEEP, v) for k, v in measured.items()}
+    report["sweep_measured"] = alone["measured"]
+    report["monotonicity_spearman"] = rhos = alone["spearman"]
+    report["sweep_gain"] = alone["gain"]
+    # as a user moves them: from each theme's extracted style (one name/seed pair per theme, in turn)
+    pairs = [t % per_value for t in range(len(themes))]
+    around = sliders(styles.float(), [job_names[i] for i in pairs], [job_seeds[i] for i in pairs])
+    report["sweep_around_styles"] = {"measured_offset": around["measured"], "spearman": around["spearman"],
+                                     "gain": around["gain"]}
 
     # trained-pair selection: training names, each real icon's own components, nearest drawing in pixels
     trained = np.flatnonzero(np.isin(np.array(data.names), most_drawn(data, n_names, heldout=False)))
@@ -230,14 +259,18 @@ def summary_png(report: dict, path) -> None:
     a.set_xticklabels(names[:cells.shape[1]], rotation=60, fontsize=6)
     a.set_title("held-out names, style of each theme")
     r = report
+    listed = lambda values: ", ".join(f"{k} {v:.2f}" for k, v in values.items())
     text = (f"style retrieval top-1: adapter {r['retrieval_top1']['adapter']:.2f}, base {r['retrieval_top1']['base']:.2f} "
             f"(chance {r['chance']:.2f}, real icons {r['retrieval_top1']['real_icons']:.2f}, "
             f"through the autoencoder {r['retrieval_top1']['autoencoded_icons']:.2f})\n"
             f"Frechet (style space): adapter {r['frechet_style_space']['adapter']:.2f}, "
-            f"base {r['frechet_style_space']['base']:.2f} (ratio {r['frechet_ratio']:.2f})\n"
+            f"base {r['frechet_style_space']['base']:.2f} (ratio {r['frechet_ratio']:.2f}; "
+            f"real icons of other names {r['frechet_ratio_real_icons']:.2f})\n"
             f"content accuracy: adapter {r['content_accuracy']['adapter']:.2f}, base {r['content_accuracy']['base']:.2f}\n"
-            "slider Spearman: " + ", ".join(f"{k} {v:.2f}" for k, v in r["monotonicity_spearman"].items()) +
-            "\nslider gain: " + ", ".join(f"{k} {v:.2f}" for k, v in r["sweep_gain"].items()) +
+            "slider Spearman: " + listed(r["monotonicity_spearman"]) +
+            "\n  around the styles: " + listed(r["sweep_around_styles"]["spearman"]) +
+            "\nslider gain: " + listed(r["sweep_gain"]) +
+            "\n  around the styles: " + listed(r["sweep_around_styles"]["gain"]) +
             f"\ntrained-pair selection: adapter {r['trained_pair_selection']['adapter']:.2f}, "
             f"base {r['trained_pair_selection']['base']:.2f} (chance {r['trained_pair_selection']['chance']:.2f})" +
             (f"\nstyle separability: adapter {r['style_separability']['adapter']:.2f}"
