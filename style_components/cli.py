@@ -157,7 +157,18 @@ def _add_extract(commands: argparse._SubParsersAction) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run
-    run(args.out, seed=args.seed, sweep_component=args.component - 1, steps=args.steps)
+    run(args.out, seed=args.seed, sweep_component=args.component - 1, steps=args.steps, strength=_strength(args))
+
+
+def _add_strength(parser: argparse.ArgumentParser) -> None:
+    # None = demo.STRENGTH, read when the command runs: importing torch here would slow every --help
+    parser.add_argument("--strength", type=float, default=None,
+                        help="style strength (default: the demo adapter's best, 2; see its model card)")
+
+
+def _strength(args: argparse.Namespace) -> float:
+    from .demo import STRENGTH
+    return STRENGTH if args.strength is None else args.strength
 
 
 def _add_demo(commands: argparse._SubParsersAction) -> None:
@@ -169,6 +180,7 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--seed", type=int, default=0, help="seed of the first row (and of the random style)")
     demo.add_argument("--component", type=int, default=1, help="component swept in the last columns (1-based)")
     demo.add_argument("--steps", type=int, default=20, help="sampler steps")
+    _add_strength(demo)
     demo.set_defaults(run=_demo)
 
 
@@ -201,7 +213,7 @@ def _generate(args: argparse.Namespace) -> None:
     images = generate(models.world, names, seeds, steps=args.steps, guidance=args.guidance,
                       adapter=models.adapter if styles is not None else None,
                       styles=None if styles is None else styles.expand(len(names), -1),
-                      strength=args.strength, weights=args.preset, start=args.start, end=args.end)
+                      strength=_strength(args), weights=args.preset, start=args.start, end=args.end)
     Image.fromarray(grid(images, len(args.names), scale=args.zoom)).save(args.out)
     if styles is not None:
         print("components: " + ", ".join(f"{v:.2f}" for v in styles.tolist()))
@@ -216,7 +228,7 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
     gen.add_argument("--components", help="slider values, comma separated (missing ones are 0)")
     gen.add_argument("--ref", nargs="+", type=_weighted_image, metavar="IMAGE[:WEIGHT]",
                      help="reference images whose style is extracted")
-    gen.add_argument("--strength", type=float, default=1.0)
+    _add_strength(gen)
     gen.add_argument("--preset", default="all", help="block preset: all, style, texture, composition")
     gen.add_argument("--start", type=float, default=0.0, help="style on from this fraction of the steps")
     gen.add_argument("--end", type=float, default=1.0, help="style off from this fraction of the steps")

@@ -30,6 +30,22 @@ def test_demo_command_writes_the_grid(tmp_path, capsys):
     assert pixels.std() > 10  # icons drawn, not a blank sheet
 
 
+def test_demo_strength_reaches_every_styled_column(tmp_path):
+    """--strength 0: every styled cell is the base cell of its row, bit for bit; the default differs."""
+    cell, columns = 32 * 2 + 2, None
+    grids = {}
+    for strength in ("0", None):
+        out = tmp_path / f"demo_{strength}.png"
+        args = ["demo", "--out", str(out), "--steps", "4"] + (["--strength", strength] if strength else [])
+        assert cli.main(args) == 0
+        pixels = np.asarray(Image.open(out))[16:, 100:]
+        columns = (pixels.shape[1] - 2) // cell
+        grids[strength] = [pixels[:, c * cell:(c + 1) * cell + 2] for c in range(columns)]
+    assert all(np.array_equal(col, grids["0"][0]) for col in grids["0"][1:])
+    assert np.array_equal(grids[None][0], grids["0"][0])            # the base column ignores strength
+    assert all(np.abs(col.astype(int) - grids[None][0]).mean() > 1 for col in grids[None][1:])
+
+
 def test_same_seed_same_icon_whatever_the_batch(models):
     a = generate(models.world, ["folder", "user-trash"], [3, 4], steps=6)
     b = generate(models.world, ["folder", "user-trash"], [3, 4], steps=6)
