@@ -18,9 +18,9 @@ DEMO_DIR = Path(__file__).resolve().parent.parent / "models" / "demo"
 NAMES = ("folder", "computer", "system-search", "printer", "go-next", "media-record")
 SWEEP = (-2.0, -1.0, 0.0, 1.0, 2.0)
 CELL = 2  # pixel zoom of the 32 px icons
-# The shipped adapter's training stopped early (1147 steps, learning rate still at 20 %): it steers
-# too faintly at 1. At 2 retrieval is 0.164 against 0.118 and content stays at the base's level
-# (0.671 vs 0.688); at 3, 0.197 but content 0.592 (MODEL_CARD.md, strength table).
+# At its trained scale (1) the shipped adapter steers too faintly. At 2 retrieval is 0.164 against
+# 0.118 and content stays at the base's level (0.671 vs 0.688); at 3, 0.197 but content 0.592
+# (MODEL_CARD.md, the strength rows).
 STRENGTH = 2.0
 
 
