@@ -32,8 +32,7 @@ def test_demo_command_writes_the_grid(tmp_path, capsys):
 
 def test_demo_strength_reaches_every_styled_column(tmp_path):
     """--strength 0: every styled cell is the base cell of its row, bit for bit; the default differs."""
-    cell, columns = 32 * 2 + 2, None
-    grids = {}
+    cell, grids = 32 * 2 + 2, {}
     for strength in ("0", None):
         out = tmp_path / f"demo_{strength}.png"
         args = ["demo", "--out", str(out), "--steps", "4"] + (["--strength", strength] if strength else [])

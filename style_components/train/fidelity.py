@@ -195,6 +195,7 @@ def evaluate(data, world, adapter, extractor, space, n_names: int = 8, seeds_per
                                   adapter=adapter, styles=z, strength=strength)
         measure = lambda images: space.to_components(torch.from_numpy(emb(images))).numpy()
         return slider_response(draw, measure, start, min(5, space.k))
+
     alone = sliders(torch.zeros(per_value, space.k), job_names[:per_value], job_seeds[:per_value])
     report["sweep_values"] = list(SWEEP)
     report["sweep_measured"] = alone["measured"]
