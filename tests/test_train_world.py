@@ -12,7 +12,9 @@ from style_components.adapter import Adapter
 from style_components.errors import IncompatibleModelError
 from style_components.layers import find_attn2
 from style_components.space import StyleSpace
+from style_components.generate import generate
 from style_components.train import base as base_train
+from style_components.train import fidelity
 from style_components.train.adapter import new_adapter
 from style_components.world import IconWorld
 
@@ -106,7 +108,7 @@ def test_group_reference_multi_token_training(world_path, style_models, data_dir
     assert settings["reference"] == "group of 2" and settings["snr_gamma"] == 0
 
 
-def test_adapter_training_moves_the_adapter_and_evaluates(world_path, style_models, data_dir, tmp_path):
+def test_adapter_training_moves_the_adapter_and_evaluates(world_path, style_models, data_dir, tmp_path, monkeypatch):
     extractor, space = style_models
     run = tmp_path / "adapter"
     assert cli.main(["train-adapter", str(data_dir), str(run), "--world", str(world_path), "--extractor",
@@ -119,11 +121,21 @@ def test_adapter_training_moves_the_adapter_and_evaluates(world_path, style_mode
     start = layer.module.to_v.weight.half().float()
     assert not torch.allclose(adapter.layer(layer.key).to_v_ip.weight, start, atol=1e-3)
 
+    # every styled draw of the report uses the asked inference setting, the base draws none
+    settings = []
+
+    def recording(*args, **kwargs):
+        settings.append((kwargs.get("adapter") is not None, kwargs.get("strength"), kwargs.get("weights")))
+        return generate(*args, **kwargs)
+    monkeypatch.setattr(fidelity, "generate", recording)
     out = tmp_path / "fidelity.json"
     assert cli.main(["evaluate", str(data_dir), str(extractor), "--adapter", str(run / "adapter.safetensors"),
                      "--world", str(world_path), "--space", str(space), "--names", "2", "--steps", "2",
-                     "--out", str(out)]) == 0
+                     "--strength", "1.5", "--preset", "texture", "--out", str(out)]) == 0
+    assert set(settings) == {(True, 1.5, "texture"), (False, None, None)}
+    assert settings.count((True, 1.5, "texture")) == 1 + 2 * 3 + 1   # retrieval, 2 sweeps of 3 sliders, pairs
     report = json.loads(out.read_text())
+    assert report["strength"] == 1.5 and report["weights"] == "texture"
     for key in ("adapter", "base"):
         assert 0 <= report["retrieval_top1"][key] <= 1 and report["frechet_style_space"][key] >= 0
         assert 0 <= report["content_accuracy"][key] <= 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Callable, Sequence
 
+from ..layers import PRESET_NAMES
 from . import config
 
 
@@ -57,6 +58,8 @@ def evaluate_arguments(p: argparse.ArgumentParser) -> None:
     adapter.add_argument("--names", type=int, default=8, help="held-out icon names to generate")
     adapter.add_argument("--steps", type=int, default=20, help="sampler steps")
     adapter.add_argument("--strength", type=float, default=1.0, help="style strength of the generated icons")
+    adapter.add_argument("--preset", default="all", choices=PRESET_NAMES,
+                         help="block preset of the style's per-layer weights (as in generate)")
 
 
 def pca_arguments(p: argparse.ArgumentParser) -> None:

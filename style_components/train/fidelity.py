@@ -120,7 +120,8 @@ def most_drawn(data, n: int, heldout: bool = True) -> list[str]:
 
 
 def evaluate(data, world, adapter, extractor, space, n_names: int = 8, seeds_per_name: int = 2,
-             references: int = 16, steps: int = 20, seed: int = 0, strength: float = 1.0, log=print) -> dict:
+             references: int = 16, steps: int = 20, seed: int = 0, strength: float = 1.0, weights="all",
+             log=print) -> dict:
     from sklearn.linear_model import LogisticRegression
 
     themes = data.themes
@@ -147,14 +148,19 @@ def evaluate(data, world, adapter, extractor, space, n_names: int = 8, seeds_per
             for s in range(seeds_per_name)]
     job_names, job_seeds = [n for _, n, _ in jobs], [s for _, _, s in jobs]
     log(f"generating {len(jobs)} styled + {len(jobs)} base icons ({len(names)} held-out names x {len(themes)} themes)")
-    styled = generate(world, job_names, job_seeds, steps=steps, adapter=adapter, strength=strength,
-                      styles=styles[[t for t, _, _ in jobs]])
+
+    def draw_styled(names_: list, seeds_: list, z: torch.Tensor) -> np.ndarray:
+        """Every styled draw of the report, at one inference setting (strength, block weights)."""
+        return generate(world, names_, seeds_, steps=steps, adapter=adapter, styles=z, strength=strength,
+                        weights=weights)
+
+    styled = draw_styled(job_names, job_seeds, styles[[t for t, _, _ in jobs]])
     base = generate(world, job_names, job_seeds, steps=steps)
     asked = np.array([t for t, _, _ in jobs])
     e_styled, e_base = emb(styled), emb(base)
 
     report: dict = {"themes": themes, "heldout_names": names, "images_per_theme": len(names) * seeds_per_name,
-                    "chance": 1 / len(themes), "steps": steps, "strength": strength}
+                    "chance": 1 / len(themes), "steps": steps, "strength": strength, "weights": weights}
     pred_s, pred_b = nearest_theme(e_styled), nearest_theme(e_base)
     held = data.heldout
     # two ceilings: the encoder on real held-out icons at the world's size, and on the same icons
@@ -191,8 +197,7 @@ def evaluate(data, world, adapter, extractor, space, n_names: int = 8, seeds_per
     per_value = len(job_names) // len(themes)
 
     def sliders(start: torch.Tensor, sweep_names: list, sweep_seeds: list) -> dict:
-        draw = lambda z: generate(world, sweep_names * len(SWEEP), sweep_seeds * len(SWEEP), steps=steps,
-                                  adapter=adapter, styles=z, strength=strength)
+        draw = lambda z: draw_styled(sweep_names * len(SWEEP), sweep_seeds * len(SWEEP), z)
         measure = lambda images: space.to_components(torch.from_numpy(emb(images))).numpy()
         return slider_response(draw, measure, start, min(5, space.k))
 
@@ -215,8 +220,7 @@ def evaluate(data, world, adapter, extractor, space, n_names: int = 8, seeds_per
     truth = np.tile(data.labels[trained], seeds_per_name)
     pick = lambda images: float((nearest_drawing(images, pair_names, small, data.names, data.labels) == truth).mean())
     report["trained_pair_selection"] = {
-        "adapter": pick(generate(world, pair_names, pair_seeds, steps=steps, adapter=adapter, styles=own,
-                                 strength=strength)),
+        "adapter": pick(draw_styled(pair_names, pair_seeds, own)),
         "base": pick(generate(world, pair_names, pair_seeds, steps=steps)),
         "chance": float(np.mean([1 / data.names.count(n) for n in pair_names])), "pairs": len(trained)}
 
@@ -298,7 +302,7 @@ def run(args) -> dict:
     data = dataset.load(args.data)
     report = evaluate(data, world_lib.IconWorld.load(args.world), Adapter.load(args.adapter),
                       Extractor.load(args.extractor), StyleSpace.load(args.space),
-                      n_names=args.names, steps=args.steps, strength=args.strength)
+                      n_names=args.names, steps=args.steps, strength=args.strength, weights=args.preset)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
