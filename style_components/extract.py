@@ -11,6 +11,7 @@ torchvision's Resize on a PIL image calls `Image.resize(..., BICUBIC)`, so the p
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import threading
@@ -32,7 +33,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 V03_AREA = (518 * 1.3) ** 2  # target pixel count of v0.3 inputs
 PATCH = 14                   # v0.3 sizes are whole ViT patches
 V02_SHORT_SIDE = 336
-ICON_SIDE = 64               # the demo icon world's encoder input
+ICON_SIDES = (64, 128)       # icon encoders' input sides (iconN rules; icon64: the demo's encoder)
 
 ImageInput = Union[Image.Image, str, Path, np.ndarray]
 
@@ -105,13 +106,15 @@ def resize_v02(image: Image.Image) -> Image.Image:
     return _resize(image, (V02_SHORT_SIDE, long) if w <= h else (long, V02_SHORT_SIDE))
 
 
-def resize_icon64(image: Image.Image) -> Image.Image:
-    """icon64 (the demo icon encoder): bicubic cover-and-centre-crop to 64 x 64."""
-    return cover_and_crop(image, ICON_SIDE, ICON_SIDE)
+def resize_icon(image: Image.Image, side: int) -> Image.Image:
+    """iconN (the icon encoders, N = side): bicubic cover-and-centre-crop to N x N."""
+    return cover_and_crop(image, side, side)
 
 
+ICON_RULES: dict[str, int] = {f"icon{side}": side for side in ICON_SIDES}
 PREPROCESS: dict[str, Callable[[Image.Image], Image.Image]] = {
-    "v0.2": resize_v02, "v0.3": resize_v03, "icon64": resize_icon64}
+    "v0.2": resize_v02, "v0.3": resize_v03,
+    **{name: functools.partial(resize_icon, side=side) for name, side in ICON_RULES.items()}}
 
 
 def to_tensor(image: Image.Image, mean: Sequence[float] = IMAGENET_MEAN,

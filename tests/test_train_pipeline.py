@@ -62,6 +62,24 @@ def test_evaluate_pca_and_atlas_commands(trained, data_dir, tmp_path):
     assert pngs == [f"component_{i + 1:02d}.png" for i in range(space.k)] + ["explained_variance.png"]
 
 
+def test_train_at_128_px_saves_its_rule_and_the_commands_embed_at_it(data_dir, tmp_path):
+    run = tmp_path / "run128"
+    assert cli.main(["train", str(data_dir), str(run), "--steps", "1", "--eval-every", "0", "--size", "128", *TINY]) == 0
+    path = run / "extractor.safetensors"
+    ex = Extractor.load(path)
+    model, size = encoder.load(path)
+    assert ex.preprocess == "icon128" and size == 128
+    images = dataset.load(data_dir).images                       # 32 px rasters
+    embedded = torch.from_numpy(pca.embed_dataset(dataset.load(data_dir), path))   # pca, atlas
+    assert torch.equal(embedded, encoder.embed(model, images, size=128, normalize=False))
+    assert not torch.allclose(embedded, encoder.embed(model, images, size=64, normalize=False), rtol=0.01)
+    # the run-time extractor (PIL cover-and-crop to 128) gives what training saw (torch bicubic), within 3 %
+    at_run_time = ex.embed_each(list(images)).float()
+    assert ((embedded - at_run_time).norm(dim=1) / at_run_time.norm(dim=1)).max() < 0.03
+    with pytest.raises(ValueError, match="an icon encoder takes 64 or 128 px"):
+        cli.main(["train", str(data_dir), str(tmp_path / "r96"), "--steps", "1", "--size", "96", *TINY])
+
+
 def test_pca_round_trip_through_style_space(tmp_path):
     rng = np.random.default_rng(0)
     basis = np.linalg.qr(rng.normal(size=(12, 12)))[0][:4]

@@ -26,9 +26,16 @@ HELDOUT_FAMILIES: frozenset[str] = frozenset({
     "view", "web",
 })
 
-# Preprocessing rule the trained extractor is saved with (extract.resize_icon64).
-PREPROCESS_NAME = "icon64"
-INPUT_SIZE = 64                    # encoder input size (px); the rule saved as PREPROCESS_NAME
+# Encoder input side (px) by default, and the preprocessing rule an extractor trained at a side is
+# saved with (extract.resize_icon: cover-and-centre-crop). `train --size 128` sees more of the drawing.
+INPUT_SIZE = 64
+
+
+def preprocess_name(size: int = INPUT_SIZE) -> str:
+    return f"icon{size}"
+
+
+PREPROCESS_NAME = preprocess_name()
 
 
 def family(name: str) -> str:

@@ -131,21 +131,21 @@ def _block(gallery, gy, query, qy, themes, metric="cosine") -> dict:
     return out
 
 
-def evaluate(data: dataset.IconData, extractor_path=None, model=None, seed: int = 0) -> dict:
-    """The JSON report (see the module docstring). `model` (a torch module) or `extractor_path`."""
+def evaluate(data: dataset.IconData, extractor_path=None, model=None, seed: int = 0,
+             size: int = config.INPUT_SIZE) -> dict:
+    """The JSON report (see the module docstring). `model` (a torch module taking `size` px) or `extractor_path`."""
     from . import encoder
 
     if model is None:
-        from ..extract import Extractor
-        model = Extractor.load(extractor_path).model.float()
+        model, size = encoder.load(extractor_path)
     train_part, held = data.subset(~data.heldout), data.subset(data.heldout)
     themes = data.themes
     report = {"split": {"gallery_images": int(len(train_part.labels)), "query_images": int(len(held.labels)),
                         "heldout_families": sorted({config.family(n) for n in held.names}),
                         "themes": len(themes), "chance": 1 / len(themes)}}
     for tta in (False, True):
-        g = encoder.embed(model, train_part.images, tta=tta).numpy()
-        q = encoder.embed(model, held.images, tta=tta).numpy()
+        g = encoder.embed(model, train_part.images, tta=tta, size=size).numpy()
+        q = encoder.embed(model, held.images, tta=tta, size=size).numpy()
         report["encoder_tta" if tta else "encoder"] = _block(g, train_part.labels, q, held.labels, themes)
         if not tta:
             report["encoder"]["content_probe"] = content_probe(q, held.labels, held.names, seed)

@@ -34,7 +34,7 @@ def knn_top1(train_emb, train_y, query_emb, query_y) -> float:
     return float((torch.as_tensor(train_y)[sims.argmax(1)] == torch.as_tensor(query_y)).float().mean())
 
 
-def export(model, path, kwargs: dict, name: str, fp16: bool = True) -> None:
+def export(model, path, kwargs: dict, name: str, fp16: bool = True, size: int = config.INPUT_SIZE) -> None:
     from ..extract import Extractor
 
     if fp16:
@@ -42,13 +42,17 @@ def export(model, path, kwargs: dict, name: str, fp16: bool = True) -> None:
         clone = encoder.build(encoder.ARCHITECTURE, kwargs)
         clone.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
         model = clone.half()
-    Extractor.save(model, path, encoder.ARCHITECTURE, kwargs, config.PREPROCESS_NAME, name=name)
+    Extractor.save(model, path, encoder.ARCHITECTURE, kwargs, config.preprocess_name(size), name=name)
 
 
 def train(args: argparse.Namespace) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    from ..extract import ICON_RULES
+
+    if config.preprocess_name(args.size) not in ICON_RULES:
+        raise ValueError(f"--size {args.size}: an icon encoder takes {' or '.join(map(str, ICON_RULES.values()))} px")
     accelerator = Accelerator(cpu=args.cpu)
     set_seed(args.seed)
     data = dataset.load(args.data)
@@ -66,7 +70,7 @@ def train(args: argparse.Namespace) -> dict:
         rng = loop.batch_rng(args.seed, step, accelerator.process_index)
         idx = balanced_batch(rng, by_theme, args.batch_themes, args.per_theme)
         views_rng = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
-        x = encoder.to_input(train_part.images[idx]).to(accelerator.device)
+        x = encoder.to_input(train_part.images[idx], args.size).to(accelerator.device)
         views = torch.stack([encoder.augment(x, views_rng), encoder.augment(x, views_rng)], 1)  # [B, 2, 3, S, S]
         emb = model(views.flatten(0, 1)).view(len(idx), 2, -1)
         y = labels[idx].to(accelerator.device)
@@ -75,18 +79,20 @@ def train(args: argparse.Namespace) -> dict:
         return supcon_loss(emb, y, args.temperature)
 
     def held_out_top1(model) -> float:
-        return knn_top1(encoder.embed(model, train_part.images), train_part.labels,
-                        encoder.embed(model, held.images), held.labels)
+        return knn_top1(encoder.embed(model, train_part.images, size=args.size), train_part.labels,
+                        encoder.embed(model, held.images, size=args.size), held.labels)
 
     settings = {"model": kwargs, "lr": args.lr, "weight_decay": args.weight_decay, "temperature": args.temperature,
                 "batch_themes": args.batch_themes, "per_theme": args.per_theme, "seed": args.seed}
+    if args.size != config.INPUT_SIZE:  # only then: checkpoints of 64 px runs resume as before
+        settings["size"] = args.size
     result = loop.run(accelerator, args.run_dir, model, optimizer, loss_fn, steps=args.steps, settings=settings,
                       title="style encoder (SupCon)", save_every=args.save_every, max_minutes=args.max_minutes,
                       progress=not args.no_progress, restart=args.restart, evaluate=held_out_top1,
                       eval_every=args.eval_every, eval_label="held-out 1-NN top-1")
     if result["finished"] and accelerator.is_main_process:
         path = Path(args.run_dir) / "extractor.safetensors"
-        export(accelerator.unwrap_model(model), path, kwargs, args.name, fp16=not args.fp32)
+        export(accelerator.unwrap_model(model), path, kwargs, args.name, fp16=not args.fp32, size=args.size)
         result["extractor"] = str(path)
         accelerator.print(f"wrote {path}")
     return result

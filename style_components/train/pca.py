@@ -80,11 +80,10 @@ def to_space(pca, k: int, labels=(), extractor: str = "", name: str = "") -> Sty
 
 
 def embed_dataset(data: dataset.IconData, extractor_path) -> np.ndarray:
-    from ..extract import Extractor
     from . import encoder
 
-    model = Extractor.load(extractor_path).model.float()
-    return encoder.embed(model, data.images, normalize=False).numpy()
+    model, size = encoder.load(extractor_path)
+    return encoder.embed(model, data.images, size=size, normalize=False).numpy()
 
 
 def run(args: argparse.Namespace) -> StyleSpace:
