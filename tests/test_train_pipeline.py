@@ -165,3 +165,7 @@ def test_statnet_mlp_head_saves_and_loads_through_the_extractor_format(tmp_path)
     loaded = Extractor.load(tmp_path / "e.safetensors")
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(loaded.model(x), model(x), atol=1e-5)
+    # the training commands embed icons only with an icon encoder's rule: another is named, not guessed
+    Extractor.save(model, tmp_path / "v02.safetensors", encoder.ARCHITECTURE, kwargs, "v0.2")
+    with pytest.raises(ValueError, match=r"preprocessing 'v0.2' is not an icon encoder's \(icon64, icon128\)"):
+        encoder.load(tmp_path / "v02.safetensors")
