@@ -12,7 +12,7 @@ Why this recipe (icon-theme style is palette, outline, shading and highlights):
   (outlines are style);
 - 64 px inputs by default (the rasters as they are). 128 px (`train --size 128` on a 128 px
   dataset) learns faster per step -- held-out 1-NN 0.50 / 0.52 / 0.55 at steps 100 / 200 / 300
-  against 0.45 / 0.46 / 0.47 at 64 px from the same rasters -- but costs ~3.5x the CPU time a step.
+  against 0.45 / 0.46 / 0.47 at 64 px from the same rasters -- but costs ~4x the CPU time a step.
 """
 
 from __future__ import annotations
