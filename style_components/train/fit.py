@@ -49,10 +49,10 @@ def train(args: argparse.Namespace) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from ..extract import ICON_RULES
+    from ..extract import ICON_SIDES
 
-    if config.preprocess_name(args.size) not in ICON_RULES:
-        raise ValueError(f"--size {args.size}: an icon encoder takes {' or '.join(map(str, ICON_RULES.values()))} px")
+    if args.size not in ICON_SIDES:
+        raise ValueError(f"--size {args.size}: an icon encoder takes {' or '.join(map(str, ICON_SIDES))} px")
     accelerator = Accelerator(cpu=args.cpu)
     set_seed(args.seed)
     data = dataset.load(args.data)
