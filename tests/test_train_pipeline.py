@@ -80,41 +80,6 @@ def test_train_at_128_px_saves_its_rule_and_the_commands_embed_at_it(data_dir, t
         cli.main(["train", str(data_dir), str(tmp_path / "r96"), "--steps", "1", "--size", "96", *TINY])
 
 
-def test_train_crop_feeds_windows_and_exports_a_whole_icon_extractor(data_dir, tmp_path, monkeypatch):
-    seen_by_model = []
-    real_build = encoder.build
-
-    def build(*args, **kwargs):          # record the sides the model is trained and evaluated on
-        model = real_build(*args, **kwargs)
-        model.register_forward_pre_hook(lambda m, inp: seen_by_model.append((m.training, inp[0].shape[-1])))
-        return model
-
-    monkeypatch.setattr(encoder, "build", build)
-    run = tmp_path / "crop"
-    assert cli.main(["train", str(data_dir), str(run), "--steps", "2", "--eval-every", "2", "--size", "128",
-                     "--crop", "96", *TINY]) == 0
-    assert {side for training, side in seen_by_model if training} == {96}      # two views a step, 96 px windows
-    assert {side for training, side in seen_by_model if not training} == {128}  # held-out 1-NN on whole icons
-    assert torch.load(run / "checkpoint.pt", weights_only=True)["settings"]["crop"] == 96
-    assert Extractor.load(run / "extractor.safetensors").preprocess == "icon128"
-    for bad in ("8", "200"):
-        with pytest.raises(ValueError, match="a training window is 16 to --size"):
-            cli.main(["train", str(data_dir), str(tmp_path / bad), "--steps", "1", "--size", "128", "--crop", bad, *TINY])
-
-
-def test_random_crop_cuts_windows_of_each_image():
-    x = torch.arange(6 * 3 * 20 * 20, dtype=torch.float32).view(6, 3, 20, 20)
-    out = encoder.random_crop(x, 8, torch.Generator().manual_seed(0))
-    assert out.shape == (6, 3, 8, 8)
-    offsets = []
-    for img, win in zip(x, out):
-        y, left = divmod(int(win[0, 0, 0] - img[0, 0, 0]), 20)
-        assert torch.equal(win, img[:, y:y + 8, left:left + 8])
-        offsets.append((y, left))
-    assert len(set(offsets)) > 1                              # drawn per image
-    assert encoder.random_crop(x, 20) is x and encoder.random_crop(x, 32) is x
-
-
 def test_pca_round_trip_through_style_space(tmp_path):
     rng = np.random.default_rng(0)
     basis = np.linalg.qr(rng.normal(size=(12, 12)))[0][:4]

@@ -13,8 +13,6 @@ Why this recipe (icon-theme style is palette, outline, shading and highlights):
 - 64 px inputs by default (the rasters as they are). 128 px (`train --size 128` on a 128 px
   dataset) learns faster per step -- held-out 1-NN 0.50 / 0.52 / 0.55 at steps 100 / 200 / 300
   against 0.45 / 0.46 / 0.47 at 64 px from the same rasters -- but costs ~4x the CPU time a step.
-  `--crop 96` trains on random 96 px windows of the 128 px views (0.56x the pixels) and learns
-  as fast per step (0.48 / 0.52 / 0.55); 64 px windows fall between (0.45 / 0.47 / 0.50).
 """
 
 from __future__ import annotations
@@ -96,20 +94,6 @@ def augment(x: torch.Tensor, generator: torch.Generator | None = None, scale=(0.
     bg = background_value().to(dev, x.dtype)
     out = F.grid_sample(x - bg, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out + bg
-
-
-def random_crop(x: torch.Tensor, side: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A random `side` x `side` window of each image; x itself when it is no larger.
-
-    Why: `train --crop` views at full detail for a fraction of the pixels. The statnet pools
-    statistics, so the same model still embeds whole icons.
-    """
-    if side >= min(x.shape[-2:]):
-        return x
-    n = x.shape[0]
-    ys = torch.randint(0, x.shape[-2] - side + 1, (n,), generator=generator).tolist()
-    xs = torch.randint(0, x.shape[-1] - side + 1, (n,), generator=generator).tolist()
-    return torch.stack([img[:, y:y + side, left:left + side] for img, y, left in zip(x, ys, xs)])
 
 
 # --- embedding ----------------------------------------------------------------------------

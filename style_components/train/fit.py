@@ -22,9 +22,6 @@ from . import config, dataset, encoder, loop
 from .supcon import supcon_loss
 
 
-MIN_CROP = 16   # the statnet halves the side three times; smaller windows leave its last stage under 2 px
-
-
 def balanced_batch(rng: np.random.Generator, by_theme: list[np.ndarray], themes: int, per_theme: int) -> np.ndarray:
     """Indices of `per_theme` images from each of `themes` random themes (SupCon needs positives)."""
     chosen = rng.choice(len(by_theme), min(themes, len(by_theme)), replace=False)
@@ -56,9 +53,6 @@ def train(args: argparse.Namespace) -> dict:
 
     if args.size not in ICON_SIDES:
         raise ValueError(f"--size {args.size}: an icon encoder takes {' or '.join(map(str, ICON_SIDES))} px")
-    crop = args.crop or args.size
-    if not MIN_CROP <= crop <= args.size:
-        raise ValueError(f"--crop {args.crop}: a training window is {MIN_CROP} to --size ({args.size}) px")
     accelerator = Accelerator(cpu=args.cpu)
     set_seed(args.seed)
     data = dataset.load(args.data)
@@ -77,8 +71,7 @@ def train(args: argparse.Namespace) -> dict:
         idx = balanced_batch(rng, by_theme, args.batch_themes, args.per_theme)
         views_rng = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
         x = encoder.to_input(train_part.images[idx], args.size).to(accelerator.device)
-        view = lambda: encoder.random_crop(encoder.augment(x, views_rng), crop, views_rng)  # noqa: E731
-        views = torch.stack([view(), view()], 1)  # [B, 2, 3, S, S], S = crop
+        views = torch.stack([encoder.augment(x, views_rng), encoder.augment(x, views_rng)], 1)  # [B, 2, 3, S, S]
         emb = model(views.flatten(0, 1)).view(len(idx), 2, -1)
         y = labels[idx].to(accelerator.device)
         if accelerator.num_processes > 1:       # SupCon contrasts the whole global batch
@@ -93,8 +86,6 @@ def train(args: argparse.Namespace) -> dict:
                 "batch_themes": args.batch_themes, "per_theme": args.per_theme, "seed": args.seed}
     if args.size != config.INPUT_SIZE:  # only then: checkpoints of 64 px runs resume as before
         settings["size"] = args.size
-    if crop != args.size:
-        settings["crop"] = crop
     result = loop.run(accelerator, args.run_dir, model, optimizer, loss_fn, steps=args.steps, settings=settings,
                       title="style encoder (SupCon)", save_every=args.save_every, max_minutes=args.max_minutes,
                       progress=not args.no_progress, restart=args.restart, evaluate=held_out_top1,
