@@ -1,9 +1,11 @@
-"""The adapter trainer's per-row inputs: condition dropout and group references (pure functions)."""
+"""The adapter trainer's per-row inputs: condition dropout, group references, names the base knows."""
 
 import numpy as np
 
 from style_components import inject
-from style_components.train.adapter import DROP_BOTH, DROP_STYLE, DROP_TEXT, condition_dropout, group_references
+from style_components.train.adapter import (DROP_BOTH, DROP_STYLE, DROP_TEXT, condition_dropout, group_references,
+                                            names_the_base_knows)
+from style_components.world import UNKNOWN, NameEncoder
 
 
 def test_condition_dropout_rates_and_pairing():
@@ -31,3 +33,11 @@ def test_group_references_are_other_images_of_the_same_artist():
     # drawn from the generator: another seed, other groups
     again = group_references(labels, 2)(np.zeros(50, int), np.random.default_rng(2))
     assert len({tuple(sorted(p)) for p in again}) > 1
+
+
+def test_names_the_base_never_learnt_train_unconditioned():
+    text = NameEncoder(["folder", "open", "printer"], dim=8)
+    names, unknown = names_the_base_knows(["folder-open", "folder-music", "printer", "", "zip"], text)
+    assert list(names) == ["folder-open", "", "printer", "", ""]
+    assert unknown == 2                   # the already-empty name is not counted
+    assert (text.tokens(list(names)) != UNKNOWN).all()   # no UNKNOWN token reaches the base

@@ -103,6 +103,13 @@ def condition_dropout(names, rows, rng: np.random.Generator):
     return names, rows
 
 
+def names_the_base_knows(names, text: world_lib.NameEncoder) -> tuple[np.ndarray, int]:
+    """Names with a word outside the base's vocabulary become "" (its unconditional case, which
+    caption dropout trained) rather than the UNKNOWN token, which the base never saw; and their count."""
+    known = np.array([name if not text.unknown_words(name) else "" for name in names], dtype=object)
+    return known, sum(1 for name, k in zip(names, known) if name and not k)
+
+
 def icon_world_data(args):
     """The demo world: frozen base, and batches from precomputed latents of the icon dataset."""
     from diffusers import DDPMScheduler
@@ -114,8 +121,11 @@ def icon_world_data(args):
 
     def batch(idx):
         return latents[idx]
-    return (Denoiser(world), DDPMScheduler(**world_lib.SCHEDULER), list(data.images), np.array(data.names),
-            data.labels, batch)
+    names, unknown = names_the_base_knows(data.names, world.text)
+    if unknown:
+        print(f"{unknown} of {len(names)} training icons have names with words the base never learnt: "
+              "they train with the empty name")
+    return Denoiser(world), DDPMScheduler(**world_lib.SCHEDULER), list(data.images), names, data.labels, batch
 
 
 def sd1_data(args):
