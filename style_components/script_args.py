@@ -64,6 +64,11 @@ def defaults() -> list:
 def parse(args: Sequence) -> ScriptArgs:
     """The script's arguments, positional or as one dict, checked; raises ArgumentError."""
     args = list(args)
+    given = args[0] if args and isinstance(args[0], Mapping) else dict(zip(ALL_NAMES, args))
+    if not _check("enabled", given.get("enabled", DEFAULTS["enabled"])):
+        # Off means off: a stale or half-typed control (an emptied seed box, a typo in the
+        # layer weights) must not stop generations the extension takes no part in.
+        return ScriptArgs(False, StyleParams())
     if args and isinstance(args[0], Mapping):
         values = _from_dict(args[0])
     else:
@@ -87,11 +92,10 @@ def parse(args: Sequence) -> ScriptArgs:
     weights = v["ref_weights"]
     if images and weights and len(weights) != len(images):
         raise ArgumentError(f"ref_weights: {len(weights)} weights for {len(images)} reference images")
-    if v["enabled"]:
-        problems = params.validate()
-        if problems:
-            raise ArgumentError("; ".join(problems))
-    return ScriptArgs(v["enabled"], params, images, weights)
+    problems = params.validate()
+    if problems:
+        raise ArgumentError("; ".join(problems))
+    return ScriptArgs(True, params, images, weights)
 
 
 def _from_dict(d: Mapping) -> dict:

@@ -22,6 +22,17 @@ from typing import Callable, Sequence
 from .errors import IncompatibleModelError, StyleComponentsError
 from .rows import RowTracker
 
+def sampling_progress(step: int, total_steps: int | None) -> float:
+    """Fraction of sampling done, for the start/end range; below 1 even past the announced end.
+
+    Samplers such as DPM adaptive or Restart call the denoiser more often than the host's step
+    count says; those extra calls belong to the last step, so `end = 1` keeps the style to the end.
+    """
+    if not total_steps:
+        return 0.0
+    return min(step, total_steps - 1) / total_steps
+
+
 OFF = math.inf  # a progress value outside every start-end range: hooks installed but inert
 
 
@@ -71,7 +82,7 @@ class Generation:
 
     def step(self, labels: Sequence[int], step: int, total_steps: int | None) -> None:
         """The host is about to run sampling step `step` of `total_steps` on a batch with `labels`."""
-        self.progress = step / total_steps if total_steps else 0.0
+        self.progress = sampling_progress(step, total_steps)
         self.tracker.new_step(labels)
 
     def _before_unet_call(self, module, args, kwargs):

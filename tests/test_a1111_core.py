@@ -11,7 +11,7 @@ from style_components import models, script_args as sargs
 from style_components.inject import NULL as N
 from style_components.params import StyleParams
 from style_components.rows import RowTracker, infer_repeats, split_calls, step_labels
-from style_components.session import ArgumentError, wrap_sampling
+from style_components.session import ArgumentError, sampling_progress, wrap_sampling
 
 
 # -- rows ----------------------------------------------------------------------------------------
@@ -157,6 +157,19 @@ def test_defaults_parse_to_disabled_default_params():
     assert sargs.parse([]) == parsed  # A1111 may send fewer arguments than the UI has
 
 
+def test_a_disabled_extension_ignores_its_other_controls():
+    """An emptied seed box (gradio's Number sends None) or a typo in the layer weights must not
+    stop generations while the accordion is off; the same controls switched on are errors."""
+    for bad in ({"seed": None}, {"blocks": "custom", "block_weights": "1 1 x"}, {"strength": "strong"}):
+        values = dict(zip(sargs.ALL_NAMES, sargs.defaults())) | bad
+        assert sargs.parse(list(values.values())) == sargs.parse([])
+        assert sargs.parse([{"enabled": False, **bad}]).enabled is False
+        with pytest.raises(ArgumentError):
+            sargs.parse(list((values | {"enabled": True}).values()))
+    with pytest.raises(ArgumentError, match="enabled"):
+        sargs.parse(["yes"])  # the switch itself is still checked
+
+
 def test_positional_round_trip_through_params():
     params = StyleParams(model="m", components=(0.5, -1.25, 0.0, 2.0), multiplier=0.5, strength=1.5,
                          blocks="custom", block_weights=tuple(float(i % 2) for i in range(16)),
@@ -177,6 +190,18 @@ def test_overrides_for_xyz():
     assert q.strength == 0.5 and q.components == (1.0, 0.0, 2.0) and q.model == "x" and q.seed is None
     with pytest.raises(ArgumentError, match="unknown override"):
         sargs.apply_overrides(p, {"colour": 1})
+
+
+def test_denoiser_calls_past_the_announced_steps_keep_the_style_to_the_end():
+    """DPM adaptive and Restart call the denoiser more often than A1111's step count (v1.10
+    SamplerData.total_steps): those calls are the last step's, inside end = 1, outside end < 1."""
+    steps = 10
+    assert [sampling_progress(s, steps) for s in (0, 5, 9)] == [0.0, 0.5, 0.9]
+    for s in (10, 17, 3 * steps):
+        progress = sampling_progress(s, steps)
+        assert 0.0 <= progress < 1.0                  # inside start 0 .. end 1 (end is exclusive)
+        assert not progress < 0.9                     # outside end 0.9: the style stays off
+    assert sampling_progress(3, None) == 0.0 and sampling_progress(3, 0) == 0.0
 
 
 # -- sampler wrapper -----------------------------------------------------------------------------
