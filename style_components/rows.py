@@ -2,7 +2,8 @@
 
 A host (A1111's CFG denoiser) builds, every sampling step, one stacked batch `x_in`:
 for each image i, `repeats[i]` cond rows (more than one with AND prompts), then one
-uncond row per image. It then calls the UNet once on all of it, or several times on
+uncond row per image (two groups of them for an InstructPix2Pix model: uncond text with
+the image, uncond text without it). It then calls the UNet once on all of it, or several times on
 successive slices *in order* (batch_cond_uncond off, prompts of different lengths), and
 may drop the uncond rows (negative guidance minimum sigma, skip early CFG). None of this
 is assumed here: `step_labels` describes the stacked batch, and `RowTracker` hands each
@@ -19,12 +20,13 @@ from typing import Callable, Sequence
 from .inject import NULL
 
 
-def step_labels(repeats: Sequence[int]) -> list[int]:
-    """Labels of a full stacked step batch: image i's index repeats[i] times, then NULL per image."""
+def step_labels(repeats: Sequence[int], uncond_groups: int = 1) -> list[int]:
+    """Labels of a full stacked step batch: image i's index repeats[i] times, then NULL per
+    image in each of the `uncond_groups` groups of uncond rows."""
     if any(r < 1 for r in repeats):
         raise ValueError(f"every image needs at least one cond row, got repeats {list(repeats)}")
     cond = [i for i, r in enumerate(repeats) for _ in range(r)]
-    return cond + [NULL] * len(repeats)
+    return cond + [NULL] * (len(repeats) * uncond_groups)
 
 
 def split_calls(labels: Sequence[int], call_sizes: Sequence[int]) -> list[list[int]]:

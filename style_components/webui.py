@@ -124,18 +124,27 @@ def labels_of(params) -> list[int]:
     import torch
     x = params.x
     n_rows, n_images = x.shape[0], _rows(params.text_uncond)
+    groups = 2 if is_edit_step(params.denoiser) else 1
     repeats = None
     try:
         batch = params.denoiser.sampler.sampler_extra_args["cond"].batch
         repeats = [len(b) for b in batch]
-        if len(repeats) != n_images or sum(repeats) + n_images != n_rows:
+        if len(repeats) != n_images or sum(repeats) + groups * n_images != n_rows:
             repeats = None
     except (AttributeError, KeyError, TypeError):
         pass
     if repeats is None:
-        repeats = infer_repeats(n_rows, n_images,
+        repeats = infer_repeats(n_rows - (groups - 1) * n_images, n_images,
                                 lambda r, i: torch.equal(x[r], x[n_rows - n_images + i]))
-    return step_labels(repeats)
+    return step_labels(repeats, groups)
+
+
+def is_edit_step(denoiser) -> bool:
+    """CFGDenoiser.forward's own test for InstructPix2Pix batches (two groups of uncond rows);
+    p.sd_model is shared.sd_model."""
+    scale = getattr(denoiser, "image_cfg_scale", None)
+    model = getattr(getattr(denoiser, "p", None), "sd_model", None)
+    return getattr(model, "cond_stage_key", None) == "edit" and scale is not None and scale != 1.0
 
 
 def end_job(p) -> None:

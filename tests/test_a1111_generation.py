@@ -148,3 +148,27 @@ def test_img2img_is_styled(env):
     styles = env["space"].to_embedding(torch.tensor([[1.0] * 30]))
     assert len(calls) == 1 and close(calls[0][3], replay(env, calls, styles, [[0, N]])[0])
     assert_unet_clean(env)
+
+
+@pytest.mark.parametrize("batch_cond_uncond", [True, False])
+def test_instruct_pix2pix_batches_style_only_the_cond_rows(env, batch_cond_uncond):
+    """An edit model (cond_stage_key "edit", Image CFG scale != 1) stacks [cond, uncond text + image,
+    uncond text + zero image] (v1.10 CFGDenoiser.forward): both uncond groups take the null style,
+    so the style, like the text, is scaled by the text CFG."""
+    env["shared"].opts.data["batch_cond_uncond"] = batch_cond_uncond
+    model = env["processing"].StandinSDModel(env["unet"], context_dim=env["context_dim"])
+    model.cond_stage_key = "edit"
+    init = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    calls = []
+    p, _ = generate(env, args(random=True, seed=-1, strength=1.5), record=calls, img2img=True, init_latent=init,
+                    steps=1, denoising_strength=0.9, batch_size=2, image_cfg_scale=1.5, sd_model=model)
+    assert not env["errors"].reported
+    expected = [[0, 1, N, N, N, N]] if batch_cond_uncond else [[0, 1], [N, N], [N, N]]
+    assert [c[0].shape[0] for c in calls] == [len(r) for r in expected], "the stand-in's layout changed"
+    wants = replay(env, calls, styles_for(env, p.all_seeds), expected, strength=1.5)
+    assert all(close(c[3], want) for c, want in zip(calls, wants))
+    # non-vacuous: the image-conditioned uncond rows styled instead would differ
+    wrong = replay(env, calls, styles_for(env, p.all_seeds), [[0, 1, 0, 1, N, N]] if batch_cond_uncond
+                   else [[0, 1], [0, 1], [N, N]], strength=1.5)
+    assert not all(close(c[3], w, tol=1e-3) for c, w in zip(calls, wrong))
+    assert_unet_clean(env)

@@ -36,6 +36,7 @@ class KDiffusionSampler:
         self.p = p
         self.model_wrap_cfg.p = p
         self.model_wrap_cfg.step = 0
+        self.model_wrap_cfg.image_cfg_scale = getattr(p, 'image_cfg_scale', None)
 
     def callback_state(self, i):
         state.sampling_step = i

@@ -2,18 +2,21 @@
 UNet batch is laid out and split into UNet calls (written for these tests, same behaviour):
 
 - x_in = for each image i, repeats[i] copies of x[i] (AND prompts), then x (the uncond rows);
+  for an InstructPix2Pix ("edit") model with image CFG scale != 1, x twice: [cond, uncond text +
+  image, uncond text + zero image], combined by combine_denoised_for_edit_model;
 - on_cfg_denoiser is called with that batch (params.x, text_cond, text_uncond, denoiser);
 - skip early CFG (opts.skip_early_cond) or negative guidance minimum sigma (s_min_uncond, on odd
   steps unless opts.s_min_uncond_all) drop the uncond rows;
 - cond and uncond of the same token length: one call, or with opts.batch_cond_uncond off,
   successive calls of batch_size rows taken in order over x_in (a call may mix cond and uncond
   rows when AND prompts make the cond row count differ from batch_size);
-- different token lengths: calls over the cond rows (batch_size*2 at a time with
+- different token lengths (not for edit models: A1111 v1.10 itself fails there, at
+  `torch.cat([tensor[a:b]], uncond)`): calls over the cond rows (batch_size*2 at a time with
   batch_cond_uncond, else batch_size), then one call on the uncond rows.
 """
 import torch
 
-from modules import prompt_parser, sd_samplers_common
+from modules import prompt_parser, sd_samplers_common, shared
 from modules.script_callbacks import CFGDenoiserParams, cfg_denoiser_callback
 from modules.shared import opts, state
 
@@ -24,6 +27,7 @@ class CFGDenoiser(torch.nn.Module):
         self.sampler, self.p = sampler, None
         self.step, self.steps, self.total_steps = 0, None, None
         self.mask = self.nmask = self.init_latent = None
+        self.image_cfg_scale = None  # set by the sampler's initialize(p), as sd_samplers_common does
 
     def inner_model(self, x, sigma, cond):
         return self.sampler.model_wrap(x, sigma, cond=cond)
@@ -36,16 +40,25 @@ class CFGDenoiser(torch.nn.Module):
                 denoised[i] += (x_out[cond_index] - denoised_uncond[i]) * (weight * cond_scale)
         return denoised
 
+    def combine_denoised_for_edit_model(self, x_out, cond_scale):
+        out_cond, out_img_cond, out_uncond = x_out.chunk(3)
+        return out_uncond + cond_scale * (out_cond - out_img_cond) + self.image_cfg_scale * (out_img_cond - out_uncond)
+
     def forward(self, x, sigma, uncond, cond, cond_scale, s_min_uncond, image_cond):
         if state.interrupted or state.skipped:
             raise sd_samplers_common.InterruptedException
+        is_edit_model = (shared.sd_model.cond_stage_key == "edit" and self.image_cfg_scale is not None
+                         and self.image_cfg_scale != 1.0)
 
         conds_list, tensor = prompt_parser.reconstruct_multicond_batch(cond, self.step)
         uncond = prompt_parser.reconstruct_cond_batch(uncond, self.step)
         batch_size = len(conds_list)
         repeats = [len(conds_list[i]) for i in range(batch_size)]
-        stack = lambda t: torch.cat([torch.stack([t[i]] * n) for i, n in enumerate(repeats)] + [t])
-        x_in, sigma_in, image_cond_in = stack(x), stack(sigma), stack(image_cond)
+        tail = 2 if is_edit_model else 1
+        stack = lambda t, last=None: torch.cat([torch.stack([t[i]] * n) for i, n in enumerate(repeats)] + [t]
+                                               + ([t if last is None else last] if is_edit_model else []))
+        x_in, sigma_in = stack(x), stack(sigma)
+        image_cond_in = stack(image_cond, torch.zeros_like(image_cond))
 
         params = CFGDenoiserParams(x_in, image_cond_in, sigma_in, state.sampling_step, state.sampling_steps,
                                    tensor, uncond, self)
@@ -57,7 +70,8 @@ class CFGDenoiser(torch.nn.Module):
         if opts.skip_early_cond != 0. and self.step / self.total_steps <= opts.skip_early_cond:
             skip_uncond = True
             self.p.extra_generation_params["Skip Early CFG"] = opts.skip_early_cond
-        elif (self.step % 2 or opts.s_min_uncond_all) and s_min_uncond > 0 and sigma[0] < s_min_uncond:
+        elif (self.step % 2 or opts.s_min_uncond_all) and s_min_uncond > 0 and sigma[0] < s_min_uncond \
+                and not is_edit_model:
             skip_uncond = True
             self.p.extra_generation_params["NGMS"] = s_min_uncond
         if skip_uncond:
@@ -65,7 +79,7 @@ class CFGDenoiser(torch.nn.Module):
 
         make = lambda c_crossattn, c_concat: {"c_crossattn": [c_crossattn], "c_concat": [c_concat]}
         if tensor.shape[1] == uncond.shape[1] or skip_uncond:
-            cond_in = tensor if skip_uncond else torch.cat([tensor, uncond])
+            cond_in = tensor if skip_uncond else torch.cat([tensor] + [uncond] * tail)
             if opts.batch_cond_uncond:
                 x_out = self.inner_model(x_in, sigma_in, cond=make(cond_in, image_cond_in))
             else:
@@ -84,6 +98,10 @@ class CFGDenoiser(torch.nn.Module):
                 x_out[-n:] = self.inner_model(x_in[-n:], sigma_in[-n:], cond=make(uncond, image_cond_in[-n:]))
 
         first_rows = [c[0][0] for c in conds_list]
+        if is_edit_model:
+            self.sampler.last_latent = x_out[:batch_size]
+            self.step += 1
+            return self.combine_denoised_for_edit_model(x_out, cond_scale)
         if skip_uncond:
             x_out = torch.cat([x_out, torch.cat([x_out[i:i + 1] for i in first_rows])])
             denoised = self.combine_denoised(x_out, conds_list, uncond, 1.0)
