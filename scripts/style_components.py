@@ -43,7 +43,8 @@ def load_extractor(path):
     from style_components.extract import Extractor
     device = _opt("style_components_extractor_device", "auto")
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        from modules import devices
+        device = devices.device or ("cuda" if torch.cuda.is_available() else "cpu")  # the WebUI's own
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(_opt("style_components_extractor_precision", "fp32"),
                                                                 torch.float32)
     key = (str(path), device, dtype)
@@ -202,9 +203,11 @@ class StyleComponentsScript(scripts.Script):
         controls = [enabled, model, multiplier, strength, random, seed, blocks, block_weights, start, end,
                     ref_images, ref_weights, refs] + sliders
         assert len(controls) == sargs.N_ARGS
-        self.infotext_fields = [(c, f) for c, (_, f) in zip(controls, infotext_fields())
-                                if c is not ref_images]
-        self.paste_field_names = [sargs.INFOTEXT_KEY]
+        self.infotext_fields = [(c, read) for c, (name, read) in zip(controls, INFOTEXT_READERS)
+                                if name != "ref_images"]
+        # "Send to img2img/inpaint" copies the fields whose *name* is listed here; our names are
+        # the readers, shared by both tabs' script instances, so they match across tabs
+        self.paste_field_names = [read for _, read in self.infotext_fields]
         return controls
 
 
@@ -331,6 +334,9 @@ def infotext_fields():
     return [(name, field(name)) for name in sargs.ALL_NAMES]
 
 
+INFOTEXT_READERS = infotext_fields()
+
+
 # -- callbacks ------------------------------------------------------------------------------
 
 def on_cfg_denoiser(params):
@@ -338,13 +344,15 @@ def on_cfg_denoiser(params):
 
 
 def on_ui_settings():
+    import gradio as gr
     section = SECTION
     shared.opts.add_option("style_components_model_dir", shared.OptionInfo(
         "", "Style Components model folder (blank: models/StyleComponents)", section=section))
     shared.opts.add_option("style_components_extractor_device", shared.OptionInfo(
-        "auto", "Style extractor device", component_args={"choices": ["auto", "cpu", "cuda"]}, section=section))
+        "auto", "Style extractor device (auto: the WebUI's)", gr.Radio, {"choices": ["auto", "cpu", "cuda"]},
+        section=section))
     shared.opts.add_option("style_components_extractor_precision", shared.OptionInfo(
-        "fp32", "Style extractor precision", component_args={"choices": ["fp32", "fp16", "bf16"]}, section=section))
+        "fp32", "Style extractor precision", gr.Radio, {"choices": ["fp32", "fp16", "bf16"]}, section=section))
     shared.opts.add_option("style_components_keep_loaded", shared.OptionInfo(
         True, "Keep style models loaded when the extension is disabled", section=section))
 

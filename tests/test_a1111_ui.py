@@ -30,7 +30,38 @@ def test_accordion_controls_follow_the_argument_layout(module):
     parsed = sargs.parse(values)  # the UI's initial values are valid, disabled arguments
     assert parsed.enabled is False and parsed.params.components == ()
     assert len(script.infotext_fields) == sargs.N_ARGS - 1  # every control but the image upload
-    assert script.paste_field_names == [sargs.INFOTEXT_KEY]
+
+
+def test_send_to_img2img_copies_every_control(module):
+    """Found in review: paste_field_names named the infotext key while the fields are named by
+    reader functions, so A1111's "Send to img2img/inpaint" left every style control behind."""
+    from modules import infotext_utils
+    tabs = {}
+    for is_img2img in (False, True):
+        script = module.StyleComponentsScript()
+        with gr.Blocks():
+            script.ui(is_img2img)
+        tabs[is_img2img] = script
+    src, dst = tabs[False], tabs[True]
+    inputs, outputs = infotext_utils.send_to_fields(src.infotext_fields, dst.infotext_fields, src.paste_field_names)
+    assert len(inputs) == len(outputs) == sargs.N_ARGS - 1
+    strip = lambda c: c.elem_id.split("2img_", 1)[1]
+    assert [strip(c) for c in inputs] == [strip(c) for c in outputs]
+    assert inputs[0].elem_id.startswith("style_components_txt2img_enabled") and outputs[-1].elem_id.endswith("img2img_c64")
+
+
+def test_settings_offer_choices_not_free_text(module):
+    """Found in review: choices passed without a component made A1111 build Textboxes (gradio
+    drops `choices` there), so a typo could select no device or silently fall back to fp32."""
+    from modules import script_callbacks, shared, ui_settings
+    script_callbacks.ui_settings_callback()
+    with gr.Blocks():
+        device = ui_settings.create_setting_component("style_components_extractor_device")
+        precision = ui_settings.create_setting_component("style_components_extractor_precision")
+    assert isinstance(device, gr.Radio) and device.choices == [("auto", "auto"), ("cpu", "cpu"), ("cuda", "cuda")] \
+        or isinstance(device, gr.Radio) and device.choices == ["auto", "cpu", "cuda"]
+    assert isinstance(precision, gr.Radio) and "bf16" in str(precision.choices)
+    assert shared.opts.style_components_extractor_device == "auto"
 
 
 def test_every_accordion_control_has_a_tooltip(module):

@@ -28,3 +28,12 @@ def parse_generation_parameters(x: str) -> dict:
     for k, v in re_param.findall(lastline):
         res[k] = unquote(v)
     return res
+
+
+def send_to_fields(source_fields, fields, paste_field_names, send_seed=True):
+    """Mirrors connect_paste_params_buttons' "Send to img2img/inpaint" binding: the source tab's
+    fields whose name is in the list feed, in order, the destination tab's fields of those names
+    (fields are (component, name) pairs; a name is an infotext key or a reader function)."""
+    names = ['Prompt', 'Negative prompt', 'Steps', 'Face restoration'] + (["Seed"] if send_seed else []) \
+        + paste_field_names
+    return [f for f, n in source_fields if n in names], [f for f, n in fields if n in names]
