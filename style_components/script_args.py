@@ -61,14 +61,16 @@ def defaults() -> list:
     return [DEFAULTS[n] for n in ALL_NAMES]
 
 
+def enabled(args: Sequence) -> bool:
+    """Whether the arguments switch the extension on (the switch alone is checked)."""
+    args = list(args)
+    given = args[0] if args and isinstance(args[0], Mapping) else dict(zip(ALL_NAMES, args))
+    return _check("enabled", given.get("enabled", DEFAULTS["enabled"]))
+
+
 def parse(args: Sequence) -> ScriptArgs:
     """The script's arguments, positional or as one dict, checked; raises ArgumentError."""
     args = list(args)
-    given = args[0] if args and isinstance(args[0], Mapping) else dict(zip(ALL_NAMES, args))
-    if not _check("enabled", given.get("enabled", DEFAULTS["enabled"])):
-        # Off means off: a stale or half-typed control (an emptied seed box, a typo in the
-        # layer weights) must not stop generations the extension takes no part in.
-        return ScriptArgs(False, StyleParams())
     if args and isinstance(args[0], Mapping):
         values = _from_dict(args[0])
     else:
@@ -92,10 +94,11 @@ def parse(args: Sequence) -> ScriptArgs:
     weights = v["ref_weights"]
     if images and weights and len(weights) != len(images):
         raise ArgumentError(f"ref_weights: {len(weights)} weights for {len(images)} reference images")
-    problems = params.validate()
-    if problems:
-        raise ArgumentError("; ".join(problems))
-    return ScriptArgs(True, params, images, weights)
+    if v["enabled"]:
+        problems = params.validate()
+        if problems:
+            raise ArgumentError("; ".join(problems))
+    return ScriptArgs(v["enabled"], params, images, weights)
 
 
 def _from_dict(d: Mapping) -> dict:
@@ -188,6 +191,10 @@ def controls_from_infotext(text: str | None) -> tuple[dict, list[str]]:
     if not text:
         return {"enabled": False}, []
     params, problems = StyleParams.parse(text)
+    if len(params.components) > MAX_COMPONENTS:  # a paste never raises into the host
+        problems.append(f"{len(params.components)} components, the UI has {MAX_COMPONENTS} sliders: "
+                        f"the last {len(params.components) - MAX_COMPONENTS} are not restored")
+        params = replace(params, components=params.components[:MAX_COMPONENTS])
     return dict(zip(ALL_NAMES, to_positional(params))), problems
 
 

@@ -55,9 +55,11 @@ def begin_job(p, args: Sequence, registry, warn: Callable[[str], None] = print,
     setattr(p, ATTR, None)
     setattr(p, ERROR_ATTR, None)
     try:
-        parsed = sargs.parse(args)
-        if not parsed.enabled:
+        if not sargs.enabled(args):
+            # off means off: a stale or half-typed control (an emptied seed box, a typo in the
+            # layer weights) must not stop generations the extension takes no part in
             return None
+        parsed = sargs.parse(args)
         params = sargs.apply_overrides(parsed.params, getattr(p, XYZ_ATTR, None))
         model = registry.load(params.model)
         if parsed.ref_images:
@@ -65,8 +67,8 @@ def begin_job(p, args: Sequence, registry, warn: Callable[[str], None] = print,
             params = _from_references(params, model, parsed, load_extractor,
                                       allow_paths=not getattr(p, "is_api", False))
         params = finalize(params, model)
-    except StyleComponentsError as e:
-        setattr(p, ERROR_ATTR, f"Style Components: {e}")
+    except Exception as e:  # e.g. an uploaded file that is no image: never an unstyled image instead
+        setattr(p, ERROR_ATTR, f"Style Components: {_describe(e)}")
         warn(getattr(p, ERROR_ATTR))
         return None
     gen = Generation(params, model, warn=lambda m: _tell(p, m, warn))
@@ -90,24 +92,36 @@ def finalize(params, model):
 
 
 def begin_pass(p, x=None) -> bool:
-    """Hook the UNet for the sampling pass that is about to start (first pass, hires pass)."""
+    """Hook the UNet for the sampling pass that is about to start (first pass, hires pass).
+
+    A1111 only logs what a script hook raises; an error is raised from the sampler instead, so
+    that the generation stops with the message rather than making an unstyled image."""
     error = getattr(p, ERROR_ATTR, None)
+    gen: Generation | None = getattr(p, ATTR, None)
+    if not error and gen is not None:
+        seeds = list(getattr(p, "seeds", None) or [])
+        n = x.shape[0] if x is not None else len(seeds)
+        seeds = (seeds + [None] * n)[:n]
+        try:
+            started = gen.start_pass(unet_of(p), seeds)
+        except Exception as e:
+            gen.end_pass()
+            error = f"Style Components: {_describe(e)}"
+        else:
+            if not started:
+                p.extra_generation_params.pop(sargs.INFOTEXT_KEY, None)
+                return False
+            wrap_sampling(p.sampler, SAMPLER_METHODS, None, gen.end_pass)
+            return True
     if error:
         def fail():
             raise StyleComponentsError(error)
         wrap_sampling(p.sampler, SAMPLER_METHODS, fail, lambda: None)
-        return False
-    gen: Generation | None = getattr(p, ATTR, None)
-    if gen is None:
-        return False
-    seeds = list(getattr(p, "seeds", None) or [])
-    n = x.shape[0] if x is not None else len(seeds)
-    seeds = (seeds + [None] * n)[:n]
-    if not gen.start_pass(unet_of(p), seeds):
-        p.extra_generation_params.pop(sargs.INFOTEXT_KEY, None)
-        return False
-    wrap_sampling(p.sampler, SAMPLER_METHODS, None, gen.end_pass)
-    return True
+    return False
+
+
+def _describe(e: Exception) -> str:
+    return str(e) if isinstance(e, StyleComponentsError) else f"{type(e).__name__}: {e}"
 
 
 def on_cfg_denoiser(params) -> None:
@@ -184,7 +198,10 @@ def decode_image(source, allow_paths: bool = True):
     if isinstance(source, (str, Path)) and len(str(source)) < 4096 and Path(str(source)).is_file():
         if not allow_paths:
             raise StyleComponentsError("ref_images: the API takes base64-encoded images, not file paths")
-        return Image.open(source)
+        try:
+            return Image.open(source)
+        except Exception as e:
+            raise StyleComponentsError(f"ref_images: {Path(str(source)).name} is not a readable image ({e})") from None
     if isinstance(source, str):
         data = source.split(",", 1)[1] if source.startswith("data:") else source
         try:

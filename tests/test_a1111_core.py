@@ -157,17 +157,18 @@ def test_defaults_parse_to_disabled_default_params():
     assert sargs.parse([]) == parsed  # A1111 may send fewer arguments than the UI has
 
 
-def test_a_disabled_extension_ignores_its_other_controls():
-    """An emptied seed box (gradio's Number sends None) or a typo in the layer weights must not
-    stop generations while the accordion is off; the same controls switched on are errors."""
-    for bad in ({"seed": None}, {"blocks": "custom", "block_weights": "1 1 x"}, {"strength": "strong"}):
-        values = dict(zip(sargs.ALL_NAMES, sargs.defaults())) | bad
-        assert sargs.parse(list(values.values())) == sargs.parse([])
-        assert sargs.parse([{"enabled": False, **bad}]).enabled is False
-        with pytest.raises(ArgumentError):
-            sargs.parse(list((values | {"enabled": True}).values()))
+def test_an_infotext_with_more_components_than_sliders_pastes_with_a_problem():
+    controls, problems = sargs.controls_from_infotext("components: " + "0.1 " * 65 + "0.5")
+    assert controls["c64"] == 0.1 and controls["enabled"] is True
+    assert problems == ["66 components, the UI has 64 sliders: the last 2 are not restored"]
+
+
+def test_the_switch_is_read_on_its_own():
+    values = dict(zip(sargs.ALL_NAMES, sargs.defaults())) | {"seed": None, "strength": "strong"}
+    assert sargs.enabled(list(values.values())) is False and sargs.enabled([]) is False
+    assert sargs.enabled([{"enabled": True, "strength": "strong"}]) is True
     with pytest.raises(ArgumentError, match="enabled"):
-        sargs.parse(["yes"])  # the switch itself is still checked
+        sargs.enabled(["yes"])
 
 
 def test_positional_round_trip_through_params():

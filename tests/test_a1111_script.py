@@ -48,6 +48,36 @@ def test_disabled_extension_is_bit_identical_to_no_extension(env):
     assert_unet_clean(env)
 
 
+def test_a_switched_off_extension_ignores_its_other_controls(env):
+    """Found in review: with the accordion off, an emptied style seed box (gradio's Number sends
+    None) or a typo in the custom layer weights stopped every generation."""
+    _, bare = generate(env, None)
+    for bad in (dict(seed=None), dict(blocks="custom", block_weights="1 1 x")):
+        _, off = generate(env, args(enabled=False, **bad))
+        assert torch.equal(off.images[0], bare.images[0]) and sargs.INFOTEXT_KEY not in off.info
+        with pytest.raises(StyleComponentsError):
+            generate(env, args(**bad))
+    assert_unet_clean(env)
+
+
+def test_a_failure_when_hooking_the_unet_stops_the_generation_and_leaves_no_trace(env, monkeypatch):
+    """A1111 only logs what process_before_every_sampling raises: the style error must come from
+    the sampler instead, or the user gets an unstyled image whose infotext claims the style."""
+    from style_components import models
+    from style_components.errors import ModelFileError
+    _, bare = generate(env, None)
+
+    def broken(self, components):
+        raise ModelFileError("demo.space.safetensors", "components has NaN")
+    monkeypatch.setattr(models.LoadedModel, "style_inputs", broken)
+    with pytest.raises(StyleComponentsError, match="components has NaN"):
+        generate(env, args(components=[1.0] * 30))
+    assert_unet_clean(env)
+    monkeypatch.undo()
+    _, after = generate(env, None)
+    assert torch.equal(after.images[0], bare.images[0])
+
+
 def test_infotext_round_trip_restores_every_control_and_the_image(env):
     weights = [0.5 * (i % 3) for i in range(16)]
     original = args(multiplier=0.7, strength=1.25, blocks="custom", block_weights=" ".join(map(str, weights)),
@@ -144,7 +174,14 @@ def test_reference_images_as_base64_fill_the_components(env, monkeypatch):
         generate(env, [{"enabled": True, "model": "demo", "ref_images": [str(on_disk)]}])
         with pytest.raises(StyleComponentsError, match="not file paths"):
             generate(env, [{"enabled": True, "model": "demo", "ref_images": [str(on_disk)]}], is_api=True)
+        on_disk.write_text("not a picture")
+        with pytest.raises(StyleComponentsError, match="ref.png is not a readable image"):
+            generate(env, [{"enabled": True, "model": "demo", "ref_images": [str(on_disk)]}])
         on_disk.unlink()
+        # whatever else fails while reading the references stops the generation with its message
+        monkeypatch.setattr(FakeExtractor, "embed", lambda self, images, weights: 1 / 0)
+        with pytest.raises(StyleComponentsError, match="ZeroDivisionError"):
+            generate(env, [{"enabled": True, "model": "demo", "ref_images": [b64]}])
     finally:
         extractor_file.unlink()
         module.registry.refresh()
