@@ -64,6 +64,10 @@ def remove_all(unet: nn.Module) -> None:
 
 class StyleHandle:
     def __init__(self, unet, adapter, style_inputs, strength, weights, start, end, rows, trainable=False):
+        if getattr(unet, "_orig_mod", None) is not None or getattr(unet, "_compiled_call_impl", None) is not None:
+            # compiled code does not see hooks added after it was traced (dynamo skips hook guards)
+            raise StyleComponentsError("this UNet is compiled (torch.compile): apply the style to the "
+                                       "module before compiling it")
         layers = find_attn2(unet)
         _check_fits(adapter, layers)
         per_layer = preset_weights(weights, layers) if isinstance(weights, str) else [float(w) for w in weights]
@@ -73,19 +77,23 @@ class StyleHandle:
             raise ValueError(f"style range {start}-{end}: need 0 <= start <= end <= 1")
         self.adapter, self.trainable, self.version = adapter, trainable, 0
         self._rows: torch.Tensor | None = None
+        self._rows_on: dict = {}  # rows copied per (batch, device), once per call, not per layer
         self.set_styles(style_inputs)
         self.start, self.end, self.progress = start, end, 0.0
-        self._rows_on: dict = {}  # rows copied per (batch, device), once per call, not per layer
+        if rows is not None and not callable(rows):
+            self.set_rows(rows)  # checked before any hook exists: a bad argument leaves no trace
         self._hooks = []
-        for layer, w in zip(layers, per_layer):
-            if strength * w != 0.0:  # a zero weight installs nothing: output stays bit-identical
-                term = _StyleTerm(layer, adapter.layer(layer.key), strength * w, self)
-                self._hooks.append(layer.module.register_forward_hook(term, with_kwargs=True))
-        if callable(rows):
-            self._hooks.append(unet.register_forward_pre_hook(
-                lambda _, args, kwargs: self.set_rows(rows(args, kwargs)), with_kwargs=True))
-        elif rows is not None:
-            self.set_rows(rows)
+        try:
+            for layer, w in zip(layers, per_layer):
+                if strength * w != 0.0:  # a zero weight installs nothing: output stays bit-identical
+                    term = _StyleTerm(layer, adapter.layer(layer.key), strength * w, self)
+                    self._hooks.append(layer.module.register_forward_hook(term, with_kwargs=True))
+            if callable(rows):
+                self._hooks.append(unet.register_forward_pre_hook(
+                    lambda _, args, kwargs: self.set_rows(rows(args, kwargs)), with_kwargs=True))
+        except BaseException:
+            self.remove()
+            raise
         self._unet = weakref.ref(unet)
         _active.setdefault(unet, []).append(self)
 
@@ -100,6 +108,7 @@ class StyleHandle:
             # Style table: one row per style, the null style last so that NULL = -1 indexes it.
             self.tokens = self.per_style(self.adapter, torch.cat([inputs, self.adapter.null_input().to(inputs.device)]))
         self.n_styles = inputs.shape[0]
+        self._rows_on.clear()  # default rows (row % n_styles) depend on the table's size
         self.version += 1  # style terms recompute their cached values
 
     def per_style(self, fn, table: torch.Tensor) -> torch.Tensor:
@@ -189,7 +198,7 @@ class _StyleTerm:
         w_o = self.out_proj.weight
 
         def compute():
-            bias = lambda t: self.values.to_v_ip(t)[:, 0].to(w_o.device) @ w_o.float().T  # noqa: E731
+            bias = lambda t: self.values.to_v_ip(t)[:, 0].to(w_o.device, torch.float32) @ w_o.float().T  # noqa: E731
             return (self.weight * self.handle.per_style(bias, self.handle.tokens)).to(out.device, out.dtype)
         return self._cached((out.dtype, out.device, w_o._version, w_o.data_ptr()), compute)
 

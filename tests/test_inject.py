@@ -261,3 +261,52 @@ def test_half_precision_output_keeps_its_dtype():
     assert half.dtype == torch.bfloat16
     assert not torch.equal(half, base)
     assert (half.float() - full).abs().max() < 0.1 * full.abs().max()  # bf16 keeps ~3 significant digits
+
+
+def test_a_rejected_apply_leaves_no_hook(sd15_ldm, plain):
+    """Found in review: rows naming a style that does not exist raised after the hooks were
+    installed, and remove_all could not find them (the handle was never recorded)."""
+    inputs, base = plain
+    with pytest.raises(StyleComponentsError, match="indices must be"):
+        apply(sd15_ldm, adapter_for(sd15_ldm), torch.randn(1, 30), rows=[0, 5, NULL, NULL])
+    assert not any(l.module._forward_hooks for l in find_attn2(sd15_ldm))
+    assert torch.equal(run_ldm(sd15_ldm, inputs), base)
+
+
+def test_fewer_styles_after_set_styles_move_the_default_rows(sd15_ldm, plain):
+    """Found in review: default rows (row % N) were kept from the old table after set_styles, so
+    a row could point at the null style (the table's last row)."""
+    inputs, _ = plain
+    adapter = adapter_for(sd15_ldm)
+    one = torch.randn(1, 30, generator=torch.Generator().manual_seed(4))
+    with apply(sd15_ldm, adapter, one):
+        fresh = run_ldm(sd15_ldm, inputs)
+    with apply(sd15_ldm, adapter, torch.randn(4, 30)) as handle:
+        run_ldm(sd15_ldm, inputs)
+        handle.set_styles(one)
+        swapped = run_ldm(sd15_ldm, inputs)
+    assert torch.equal(swapped, fresh)
+
+
+def test_a_half_precision_adapter_on_a_full_precision_unet(sd15_ldm, plain):
+    """Found in review: the one-token term multiplied the fp16 adapter's values by fp32 W_o."""
+    inputs, base = plain
+    adapter = adapter_for(sd15_ldm)
+    styles = torch.randn(1, 30, generator=torch.Generator().manual_seed(6))
+    with apply(sd15_ldm, adapter, styles):
+        full = run_ldm(sd15_ldm, inputs)
+    with apply(sd15_ldm, adapter.half(), styles):
+        half = run_ldm(sd15_ldm, inputs)
+    assert half.dtype == torch.float32 and not torch.equal(half, base)
+    assert (half - full).abs().max() <= 1e-2 * (full - base).abs().max()
+
+
+def test_a_compiled_unet_is_refused_with_a_clear_message():
+    """Code torch.compile traced before the hooks existed would silently ignore them."""
+    unet = diffusers_unet(SMALL_SD1_DIFFUSERS)
+    adapter = adapter_for(unet)
+    with pytest.raises(StyleComponentsError, match="before compiling"):
+        apply(torch.compile(unet), adapter, torch.randn(1, 30))
+    unet.compile()
+    with pytest.raises(StyleComponentsError, match="before compiling"):
+        apply(unet, adapter, torch.randn(1, 30))
