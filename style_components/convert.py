@@ -125,11 +125,21 @@ class RestrictedUnpickler(pickle._Unpickler):
 
     def load_build(self) -> None:
         target = self.stack[-2]
-        if id(target) in self._globals:
+        # a global, or an Enum member (a process-wide singleton): state set here outlives the file
+        if id(target) in self._globals or isinstance(target, enum.Enum):
             raise UnsafePickleError(f"refused to set attributes of {getattr(target, '__qualname__', target)!r}")
         super().load_build()
 
+    def load_reduce(self) -> None:
+        # Only allow-listed globals are called; modules are rebuilt by NEWOBJ + BUILD (torch.save
+        # never calls a Module class or instance, whose __init__/forward would run file-given arguments).
+        func = self.stack[-2]
+        if id(func) not in self._globals or (isinstance(func, type) and issubclass(func, torch.nn.Module)):
+            raise UnsafePickleError(f"refused to call {getattr(func, '__qualname__', type(func).__name__)!r}")
+        super().load_reduce()
+
     dispatch[pickle.BUILD[0]] = load_build
+    dispatch[pickle.REDUCE[0]] = load_reduce
 
 
 def restricted_load(file, **kwargs) -> Any:

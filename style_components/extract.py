@@ -333,6 +333,11 @@ def _build_model(path, architecture: str, kwargs: dict) -> torch.nn.Module:
     if not timm.is_model(architecture):
         raise ModelFileError(path, f"metadata entry 'architecture' names {architecture!r}, "
                                    f"which timm {timm.__version__} does not know")
+    # create_model's own loading arguments would read (older timm: unpickle) another file
+    loading = sorted(k for k in kwargs if k.startswith("pretrained") or k in ("checkpoint_path", "cache_dir"))
+    if loading:
+        raise ModelFileError(path, f"metadata entry 'model_kwargs' may not set {loading[0]!r}: "
+                                   "the weights are the ones in this file")
     try:
         return timm.create_model(architecture, pretrained=False, **kwargs)
     except (TypeError, ValueError, RuntimeError, AssertionError, KeyError) as e:
@@ -352,4 +357,6 @@ def _load_weights(path, model: torch.nn.Module, tensors: Mapping[str, torch.Tens
     for k, t in expected.items():
         if tensors[k].shape != t.shape:
             raise ModelFileError(path, f"shape {list(tensors[k].shape)} where the model has {list(t.shape)}", k)
+        if tensors[k].is_floating_point() != t.is_floating_point():
+            raise ModelFileError(path, f"dtype {tensors[k].dtype} where the model has {t.dtype}", k)
     model.load_state_dict(dict(tensors), strict=True)

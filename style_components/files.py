@@ -18,8 +18,7 @@ def read(path, kind: str | None = None) -> tuple[dict[str, torch.Tensor], dict[s
     `kind`, when given, must equal the file's `format` metadata entry; it keeps a
     style space from being loaded as an extractor and vice versa.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
@@ -27,7 +26,7 @@ def read(path, kind: str | None = None) -> tuple[dict[str, torch.Tensor], dict[s
     try:
         with safe_open(str(path), "pt") as f:
             metadata = dict(f.metadata() or {})
-        tensors = load_file(str(path))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise ModelFileError(path, f"not a readable safetensors file ({e})") from None
     if kind is not None and metadata.get("format") != kind:
@@ -47,15 +46,20 @@ def write(path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, obje
 
 def require(path, tensors: Mapping[str, torch.Tensor], key: str, shape: tuple[int | None, ...],
             floating: bool = True) -> torch.Tensor:
-    """Return tensors[key] after checking it exists, has `shape` (None = any size) and a float dtype."""
+    """Return tensors[key] after checking it exists, has `shape` (None = any size, never empty)
+    and, when `floating`, a float dtype and finite values."""
     if key not in tensors:
         raise ModelFileError(path, "missing", key)
     t = tensors[key]
     if t.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, t.shape)):
         want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
         raise ModelFileError(path, f"shape {list(t.shape)} where {want} is required", key)
+    if t.numel() == 0:
+        raise ModelFileError(path, f"shape {list(t.shape)} is empty", key)
     if floating and not t.is_floating_point():
         raise ModelFileError(path, f"dtype {t.dtype} where a floating-point tensor is required", key)
+    if floating and not bool(torch.isfinite(t).all()):
+        raise ModelFileError(path, "holds NaN or infinite values", key)
     return t
 
 

@@ -72,6 +72,10 @@ def sd1(**kw):
      "image_proj.proj.2.weight"),
     (dict(change={"image_proj.norm.weight": torch.zeros(768, dtype=torch.int64)}), "dtype torch.int64",
      "image_proj.norm.weight"),
+    # found in review: a zero-sized norm divided by zero, a zero-sized input loaded
+    (dict(change={"image_proj.norm.weight": torch.zeros(0)}), r"shape \[0\] is empty", "image_proj.norm.weight"),
+    (dict(change={"image_proj.proj.0.weight": torch.zeros(1536, 0)}), r"shape \[1536, 0\] is empty",
+     "image_proj.proj.0.weight"),
 ])
 def test_broken_files_name_the_problem(tmp_path, edit, message, key):
     path = save_raw(sd1(), tmp_path / "broken.safetensors", **edit)

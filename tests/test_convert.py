@@ -400,6 +400,30 @@ def test_attributes_of_allowed_classes_cannot_be_set(tmp_path):
     assert Mlp.forward is forward
 
 
+def test_allowed_module_classes_are_never_called(tmp_path):
+    """Found in review: REDUCE on an allow-listed Module class ran its __init__ with arguments
+    from the file. torch.save rebuilds modules by NEWOBJ + BUILD, never by a call."""
+    data = b"\x80\x02ctorch.nn.modules.linear\nLinear\nK\x03K\x04\x86R."   # Linear(3, 4)
+    assert isinstance(pickle.loads(data), torch.nn.Linear)  # the ordinary unpickler builds it
+    (tmp_path / "call.pkl").write_bytes(data)
+    with pytest.raises(UnsafePickleError, match="refused to call 'Linear'"):
+        load_pickle(tmp_path / "call.pkl")
+
+
+def test_enum_members_cannot_be_rewritten(tmp_path):
+    """Found in review: BUILD onto an Enum member (a process-wide singleton) changed it for the
+    rest of the process."""
+    from timm.layers import Format
+    member = pickle.dumps(Format.NCHW, protocol=2)[:-1]                 # REDUCE(Format, ("NCHW",))
+    data = member + b"N}X\x07\x00\x00\x00_value_X\x04\x00\x00\x00NHWCs\x86b."  # BUILD {"_value_": "NHWC"}
+    (tmp_path / "enum.pkl").write_bytes(data)
+    with pytest.raises(UnsafePickleError, match="refused to set attributes"):
+        load_pickle(tmp_path / "enum.pkl")
+    assert Format.NCHW.value == "NCHW"
+    (tmp_path / "member.pkl").write_bytes(member + b".")
+    assert load_pickle(tmp_path / "member.pkl") is Format.NCHW  # the member itself still loads
+
+
 def test_only_the_latin1_codec(tmp_path):
     # protocol 2 bytes are `_codecs.encode(text, "latin1")`; any other codec is refused
     data = b"\x80\x02c_codecs\nencode\nX\x03\x00\x00\x00abcX\x06\x00\x00\x00rot_13\x86R."

@@ -357,6 +357,9 @@ def test_missing_metadata_entry_is_named(saved, tmp_path, entry):
     ({"dim": "64.5"}, ["'dim'", "positive integer"]),
     ({"mean": "[0.5, 0.5]"}, ["'mean'", "3 numbers"]),
     ({"std": "[0.5, 0, 0.5]"}, ["'std'", "positive"]),
+    # timm.create_model's own loading arguments would read another file (older timm: torch.load)
+    ({"model_kwargs": '{"checkpoint_path": "/tmp/side.pt"}'}, ["'model_kwargs'", "'checkpoint_path'"]),
+    ({"model_kwargs": '{"pretrained_cfg_overlay": {"file": "/tmp/x.bin"}}'}, ["'pretrained_cfg_overlay'"]),
 ])
 def test_bad_metadata_is_named(saved, tmp_path, changes, words):
     message = str(load_error(rewrite(saved[0], tmp_path / "b.safetensors", **changes)))
@@ -387,6 +390,14 @@ def test_state_dict_mismatch_names_the_key(saved, tmp_path):
     err = load_error(rewrite(saved[0], tmp_path / "4.safetensors", model_kwargs='{"img_size": 56, "depth": 1, '
                              '"embed_dim": 64, "num_heads": 2, "num_classes": 0, "dynamic_img_size": true}'))
     assert err.key.startswith("blocks.1.")
+
+
+def test_weights_of_the_wrong_kind_are_named(saved, tmp_path):
+    """Found in review: integer weights loaded (load_state_dict casts them) without a word."""
+    tensors, _ = files.read(saved[0])
+    key = "blocks.0.attn.qkv.weight"
+    err = load_error(rewrite(saved[0], tmp_path / "i.safetensors", tensors={**tensors, key: tensors[key].long()}))
+    assert err.key == key and "dtype torch.int64" in err.problem
 
 
 def test_dim_that_does_not_match_the_backbone(saved, tmp_path):

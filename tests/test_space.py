@@ -59,6 +59,8 @@ def test_save_load_round_trip(tmp_path):
     ({"mean": torch.ones(21)}, r"shape \[21\] where \[20\] is required", "mean"),
     ({"std": -torch.ones(6)}, "must be positive", "std"),
     ({"extra": torch.ones(1)}, "unexpected key", "extra"),
+    ({"mean": torch.full((20,), float("nan"))}, "NaN or infinite", "mean"),
+    ({"components": torch.zeros(0, 20), "std": torch.ones(0)}, r"shape \[0, 20\] is empty", "components"),
 ])
 def test_broken_files_name_the_key(tmp_path, change, message, key):
     space = make_space()
