@@ -147,7 +147,10 @@ class StyleComponentsScript(scripts.Script):
 
         def on_model(name):
             k, space = k_of(name)
-            return [gr.update(visible=i < k, label=space.label(i) if space is not None else f"Style component {i + 1}")
+            # hidden sliders go to 0: a value left there from a model with more components
+            # would make every generation fail ("N component values given, model has K")
+            return [gr.update(visible=i < k, label=space.label(i) if space is not None else f"Style component {i + 1}",
+                              **({} if i < k else {"value": 0.0}))
                     for i in range(sargs.MAX_COMPONENTS)]
 
         def on_refresh():

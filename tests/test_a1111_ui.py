@@ -102,6 +102,7 @@ def test_choosing_a_model_shows_its_k_sliders_with_the_space_labels(callbacks):
     assert len(updates) == sargs.MAX_COMPONENTS
     assert [u["visible"] for u in updates] == [True] * 30 + [False] * (sargs.MAX_COMPONENTS - 30)
     assert updates[0]["label"] == "label 0" and updates[29]["label"] == "label 29"
+    assert "value" not in updates[29] and all(u["value"] == 0.0 for u in updates[30:])  # hidden: zeroed
 
 
 def test_import_export_round_trip_and_zero(callbacks):
