@@ -117,8 +117,8 @@ def base_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="dataset folder (from `style-components dataset`)")
     p.add_argument("run_dir", help="checkpoint, history, loss.png, icon_world.safetensors, samples.png go here")
     p.add_argument("--autoencoder", required=True, help="autoencoder.safetensors from train-autoencoder")
-    p.add_argument("--width", type=int, help="UNet model_channels, a multiple of 32 (default: the shipped "
-                                             "world's 32; 64 is the next size to try on a GPU)")
+    p.add_argument("--width", type=int, help="UNet model_channels, a multiple of 32 (default 32, the CPU "
+                                             "world; the shipped world, trained on a GPU, has 64)")
     p.add_argument("--caption-dropout", type=float, default=0.1, help="fraction of names dropped (for CFG)")
     p.add_argument("--samples", type=int, default=12, help="icon names in samples.png (0: no samples)")
     _weighting_argument(p)
