@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 from .errors import IncompatibleModelError, StyleComponentsError
 from .rows import RowTracker
 
+
 def sampling_progress(step: int, total_steps: int | None) -> float:
     """Fraction of sampling done, for the start/end range; below 1 even past the announced end.
 

@@ -99,25 +99,27 @@ def begin_pass(p, x=None) -> bool:
     error = getattr(p, ERROR_ATTR, None)
     gen: Generation | None = getattr(p, ATTR, None)
     if not error and gen is not None:
-        seeds = list(getattr(p, "seeds", None) or [])
-        n = x.shape[0] if x is not None else len(seeds)
-        seeds = (seeds + [None] * n)[:n]
         try:
-            started = gen.start_pass(unet_of(p), seeds)
+            return _start_pass(p, gen, x)
         except Exception as e:
             gen.end_pass()
             error = f"Style Components: {_describe(e)}"
-        else:
-            if not started:
-                p.extra_generation_params.pop(sargs.INFOTEXT_KEY, None)
-                return False
-            wrap_sampling(p.sampler, SAMPLER_METHODS, None, gen.end_pass)
-            return True
     if error:
         def fail():
             raise StyleComponentsError(error)
         wrap_sampling(p.sampler, SAMPLER_METHODS, fail, lambda: None)
     return False
+
+
+def _start_pass(p, gen: Generation, x) -> bool:
+    seeds = list(getattr(p, "seeds", None) or [])
+    n = x.shape[0] if x is not None else len(seeds)
+    seeds = (seeds + [None] * n)[:n]
+    if not gen.start_pass(unet_of(p), seeds):
+        p.extra_generation_params.pop(sargs.INFOTEXT_KEY, None)
+        return False
+    wrap_sampling(p.sampler, SAMPLER_METHODS, None, gen.end_pass)
+    return True
 
 
 def _describe(e: Exception) -> str:
