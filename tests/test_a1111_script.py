@@ -60,6 +60,19 @@ def test_a_switched_off_extension_ignores_its_other_controls(env):
     assert_unet_clean(env)
 
 
+def test_the_auto_extractor_device_is_the_webuis(env, monkeypatch):
+    """'auto' follows modules/devices.device (--device-id, MPS, --use-cpu), not "cuda if available"."""
+    from pathlib import Path
+    from modules import devices
+    monkeypatch.setattr(devices, "device", torch.device("meta"))  # a device no guess would pick
+    path = Path(__file__).parents[1] / "models" / "demo" / "icon_style_extractor.safetensors"
+    env["module"]._extractors.clear()
+    try:
+        assert env["module"].load_extractor(path).device == torch.device("meta")
+    finally:
+        env["module"]._extractors.clear()
+
+
 def test_a_failure_when_hooking_the_unet_stops_the_generation_and_leaves_no_trace(env, monkeypatch):
     """A1111 only logs what process_before_every_sampling raises: the style error must come from
     the sampler instead, or the user gets an unstyled image whose infotext claims the style."""
