@@ -6,6 +6,7 @@ Host-agnostic lifecycle (A1111's script calls these; see scripts/style_component
     gen.start_pass(unet, image_seeds)               # before each sampling pass (hires: again)
     gen.step(labels, step, total_steps)             # when the host announces a sampling step
     ...the host calls the UNet any number of times; each call takes the next rows...
+    gen.follow(other_unet)                          # the host swapped the UNet mid-pass (refiner)
     gen.end_pass()                                  # pass over, failed or interrupted
     gen.close()                                     # job over
 
@@ -41,13 +42,15 @@ class Generation:
     def __init__(self, params, model, warn: Callable[[str], None] = print):
         """params: params.StyleParams (validated); model: models.LoadedModel."""
         self.params, self.model, self.warn = params, model, warn
+        self.unet = None     # the UNet of the pass under way, hooked or not
         self.handle = None
         self.tracker = RowTracker()
         self.progress = 0.0
-        self.disabled_reason: str | None = None
-        self.passes = 0
+        self.passes = 0      # passes with the style hooked (all or part of the pass)
         self.components: list[tuple[float, ...]] = []  # per image of the current pass
         self._pre_hook = None
+        self._pass_styled = False
+        self._told: set[str] = set()
 
     # -- the style of each image ---------------------------------------------------------
     def image_components(self, image_seeds: Sequence[int | None]) -> list[tuple[float, ...]]:
@@ -60,25 +63,40 @@ class Generation:
 
     # -- passes --------------------------------------------------------------------------
     def start_pass(self, unet, image_seeds: Sequence[int | None]) -> bool:
-        """Hook `unet` with one style per image; False (and one warning per job) when the
-        model does not fit this UNet: the pass then runs without style."""
+        """Hook `unet` with one style per image; False (one warning per message and job) when
+        the model does not fit this UNet: the pass then runs without style."""
         self.end_pass()
-        if self.disabled_reason is not None:
-            return False
-        from . import inject
         self.components = self.image_components(image_seeds)
+        self._pass_styled = False
+        consequence = "This pass runs" if self.passes else "This image is generated"
+        return self._hook(unet, f"{consequence} without the style.")
+
+    def follow(self, unet) -> bool:
+        """The host swapped the UNet in the middle of a pass (A1111's refiner): carry the
+        pass's styles over when the model fits the new UNet; otherwise the rest of the pass
+        runs without the style. True when the style is on from here."""
+        if unet is self.unet:
+            return self.handle is not None
+        self._unhook()
+        return self._hook(unet, "The steps after the switch run without the style.")
+
+    def _hook(self, unet, consequence: str) -> bool:
+        from . import inject
+        self.unet = unet
         try:
             inputs = self.model.style_inputs(self.components)
             p = self.params
             self.handle = inject.apply(unet, self.model.adapter, inputs, strength=p.strength,
                                        weights=self.layer_weights(), start=p.start, end=p.end)
         except IncompatibleModelError as e:
-            self.disable(f"Style Components: {e}. This image is generated without the style.")
+            self._tell(f"Style Components: {e}. {consequence}")
             return False
         self.handle.set_progress(OFF)
         self._pre_hook = unet.register_forward_pre_hook(self._before_unet_call, with_kwargs=True)
         self.tracker.clear()
-        self.passes += 1
+        if not self._pass_styled:
+            self._pass_styled = True
+            self.passes += 1
         return True
 
     def step(self, labels: Sequence[int], step: int, total_steps: int | None) -> None:
@@ -99,6 +117,10 @@ class Generation:
         return None
 
     def end_pass(self) -> None:
+        self._unhook()
+        self.unet = None
+
+    def _unhook(self) -> None:
         if self._pre_hook is not None:
             self._pre_hook.remove()
             self._pre_hook = None
@@ -107,18 +129,13 @@ class Generation:
             self.handle = None
         self.tracker.clear()
 
-    def disable(self, message: str) -> None:
-        self.end_pass()
-        if self.disabled_reason is None:
-            self.disabled_reason = message
+    def _tell(self, message: str) -> None:
+        if message not in self._told:
+            self._told.add(message)
             self.warn(message)
 
     def close(self) -> None:
         self.end_pass()
-
-    @property
-    def applied(self) -> bool:
-        return self.passes > 0 and self.disabled_reason is None
 
 
 def with_components(params, components: Sequence[float]):

@@ -5,7 +5,8 @@ It reads only the A1111 v1.10 surface below (tests drive it through a stand-in o
   `sample`/`sample_img2img`), extra_generation_params, comment(), is_hr_pass;
   `p.style_components_xyz` (a dict our XYZ axes set);
 - on_cfg_denoiser's params: x (the stacked step batch), text_uncond, denoiser (.p, .step,
-  .total_steps, .sampler.sampler_extra_args["cond"].batch).
+  .total_steps, .sampler.sampler_extra_args["cond"].batch); p.sd_model is shared.sd_model, so a
+  refiner that took over this step (sd_samplers_common.apply_refiner) shows as another UNet.
 
 Lifecycle: `begin_job` in Script.process, `begin_pass` in process_before_every_sampling (the
 hooks come off when that pass's sampler call returns or raises, interruption included),
@@ -46,7 +47,8 @@ def cleanup_unet(p) -> None:
 
 def begin_job(p, args: Sequence, registry, warn: Callable[[str], None] = print,
               load_extractor: Callable | None = None) -> Generation | None:
-    """Read the script's arguments, load the model, write the infotext; None when disabled.
+    """Read the script's arguments and load the model; None when disabled. (The infotext is
+    written when a pass takes the style, see `_record`.)
 
     A wrong argument or a missing model does not raise here (A1111 would only log it): it is
     kept on p and raised when sampling starts, so that the API caller and the UI get the error.
@@ -73,8 +75,16 @@ def begin_job(p, args: Sequence, registry, warn: Callable[[str], None] = print,
         return None
     gen = Generation(params, model, warn=lambda m: _tell(p, m, warn))
     setattr(p, ATTR, gen)
-    p.extra_generation_params[sargs.INFOTEXT_KEY] = params.to_infotext()
     return gen
+
+
+def _record(p, gen: Generation) -> None:
+    """The infotext names the style once any pass of the job took it (a hires or refiner model
+    that does not fit leaves the passes before it styled: pasting the infotext repeats both)."""
+    if gen.passes:
+        p.extra_generation_params[sargs.INFOTEXT_KEY] = gen.params.to_infotext()
+    else:
+        p.extra_generation_params.pop(sargs.INFOTEXT_KEY, None)
 
 
 def finalize(params, model):
@@ -115,11 +125,11 @@ def _start_pass(p, gen: Generation, x) -> bool:
     seeds = list(getattr(p, "seeds", None) or [])
     n = x.shape[0] if x is not None else len(seeds)
     seeds = (seeds + [None] * n)[:n]
-    if not gen.start_pass(unet_of(p), seeds):
-        p.extra_generation_params.pop(sargs.INFOTEXT_KEY, None)
-        return False
+    styled = gen.start_pass(unet_of(p), seeds)
+    _record(p, gen)
+    # also unstyled: a refiner of another model may take over within the pass
     wrap_sampling(p.sampler, SAMPLER_METHODS, None, gen.end_pass)
-    return True
+    return styled
 
 
 def _describe(e: Exception) -> str:
@@ -129,8 +139,15 @@ def _describe(e: Exception) -> str:
 def on_cfg_denoiser(params) -> None:
     """script_callbacks.on_cfg_denoiser: announce the step and its batch layout."""
     denoiser = getattr(params, "denoiser", None)
-    gen: Generation | None = getattr(getattr(denoiser, "p", None), ATTR, None)
-    if gen is None or gen.handle is None:
+    p = getattr(denoiser, "p", None)
+    gen: Generation | None = getattr(p, ATTR, None)
+    if gen is None or gen.unet is None:
+        return
+    unet = unet_of(p)
+    if unet is not gen.unet:  # the refiner took over from this step on
+        gen.follow(unet)
+        _record(p, gen)
+    if gen.handle is None:
         return
     gen.step(labels_of(params), getattr(denoiser, "step", 0), getattr(denoiser, "total_steps", None))
 

@@ -251,3 +251,112 @@ def test_sdxl_adapter_on_sd1_gives_one_message_and_an_unstyled_image(env, capsys
     assert sargs.INFOTEXT_KEY not in res.info
     assert not env["errors"].reported
     assert_unet_clean(env)
+
+
+# -- another model within a job: the refiner, a hires checkpoint ------------------------------
+
+def _other_model(env, name, **overrides):
+    """A second checkpoint (stand-in sd_models.add): the narrow UNet again with other weights
+    (same architecture) or, with overrides, a UNet of another layout, as the SDXL refiner is to
+    SDXL's base."""
+    from modules import sd_models
+    from unets import ldm_unet
+    unet = ldm_unet(**{**dict(model_channels=32, context_dim=64, num_heads=4), **overrides})
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(3)
+        for w in unet.parameters():
+            w.add_(torch.randn(w.shape, generator=g) * 0.02)
+    model = env["processing"].StandinSDModel(unet, context_dim=env["context_dim"], name=name)
+    return model, sd_models.add(model)
+
+
+def _record_calls(unets):
+    """(unet index, x, t, context, output, hooked) of every call of each UNet."""
+    from style_components.layers import find_attn2
+    calls, handles = [], []
+    for i, unet in enumerate(unets):
+        layers = find_attn2(unet)
+
+        def hook(module, a, kwargs, out, i=i, layers=layers):
+            hooked = any(l.module._forward_hooks for l in layers)
+            calls.append((i, a[0].clone(), a[1].clone(), kwargs["context"].clone(), out.clone(), hooked))
+        handles.append(unet.register_forward_hook(hook, with_kwargs=True))
+    return calls, handles
+
+
+def _assert_clean(*unets):
+    from style_components.layers import find_attn2
+    for unet in unets:
+        assert not unet._forward_pre_hooks
+        assert not any(l.module._forward_hooks for l in find_attn2(unet))
+
+
+def test_a_refiner_of_the_same_architecture_keeps_the_style(env):
+    """A refiner switch (v1.10 sd_samplers_common.apply_refiner) makes another model object
+    shared.sd_model mid-pass (with "checkpoints loaded at the same time" > 1, or any other
+    config). The style follows it: the refiner's steps take the same rows and styles."""
+    from style_components import inject
+    refiner, info = _other_model(env, "refiner")
+    unet = refiner.model.diffusion_model
+    calls, handles = _record_calls([env["unet"], unet])
+    try:
+        p, res = generate(env, args(components=[1.5] * 30), steps=2, refiner_checkpoint_info=info,
+                          refiner_switch_at=0.5)
+    finally:
+        for h in handles:
+            h.remove()
+    assert [c[0] for c in calls] == [0, 1] and all(c[5] for c in calls)
+    assert res.extra_generation_params["Refiner"] == "refiner" and not p.comments
+    _, x, t, ctx, out, _ = calls[1]
+    styles = env["space"].to_embedding(torch.tensor([[1.5] * 30]))
+    with torch.no_grad():
+        plain = unet(x, t, context=ctx)
+        with inject.apply(unet, env["adapter"], styles, rows=[0, inject.NULL]):
+            styled = unet(x, t, context=ctx)
+    assert close(out, styled) and not close(out, plain, tol=1e-3)
+    assert sargs.INFOTEXT_KEY + ": " in res.info
+    _assert_clean(env["unet"], unet)
+
+
+def test_a_refiner_the_adapter_does_not_fit_runs_unstyled_and_the_infotext_keeps_the_style(env):
+    """The SDXL refiner case: its UNet has another layout. The steps before the switch keep the
+    style, the rest run without it, the UI says so once, and the infotext keeps the style (the
+    steps before the switch had it): pasting it reproduces the image."""
+    refiner, info = _other_model(env, "refiner-xl", attention_resolutions=[4, 2])
+    unet = refiner.model.diffusion_model
+    kw = dict(steps=2, batch_size=2, refiner_checkpoint_info=info, refiner_switch_at=0.5)
+    _, bare = generate(env, None, **kw)
+    calls, handles = _record_calls([env["unet"], unet])
+    try:
+        p, res = generate(env, args(components=[1.5] * 30), **kw)
+    finally:
+        for h in handles:
+            h.remove()
+    assert [(c[0], c[5]) for c in calls] == [(0, True), (1, False)]
+    assert not torch.equal(res.images[0], bare.images[0])
+    assert len(p.comments) == 1 and "after the switch run without the style" in next(iter(p.comments))
+    assert sargs.INFOTEXT_KEY + ": " in res.info
+    _, again = generate(env, paste(env, res.info), **kw)
+    assert torch.equal(again.images[0], res.images[0]) and again.info == res.info
+    _assert_clean(env["unet"], unet)
+
+
+def test_a_hires_checkpoint_the_adapter_does_not_fit_leaves_every_first_pass_styled(env):
+    """Hires fix on a checkpoint of another layout: the hires pass runs unstyled, each batch's
+    first pass (on the selected checkpoint, reloaded per batch) keeps the style, the infotext
+    keeps it too, and one message says so."""
+    other, info = _other_model(env, "hires-xl", attention_resolutions=[4, 2])
+    kw = dict(steps=1, n_iter=2, enable_hr=True, hr_second_pass_steps=1, denoising_strength=0.9,
+              hr_checkpoint_info=info)
+    calls, handles = _record_calls([env["unet"], other.model.diffusion_model])
+    try:
+        p, res = generate(env, args(components=[1.5] * 30), **kw)
+    finally:
+        for h in handles:
+            h.remove()
+    assert [(c[0], c[5]) for c in calls] == [(0, True), (1, False), (0, True), (1, False)]
+    assert len(p.comments) == 1 and "This pass runs without the style" in next(iter(p.comments))
+    assert all(sargs.INFOTEXT_KEY + ": " in info for info in res.infotexts)
+    _, again = generate(env, paste(env, res.infotexts[1]), **kw)
+    assert torch.equal(again.images[1], res.images[1])
+    _assert_clean(env["unet"], other.model.diffusion_model)

@@ -1,6 +1,8 @@
 """Mirrors modules/processing.py: StableDiffusionProcessing(Txt2Img/Img2Img) fields a script
-reads, process_images / process_images_inner (script hooks in A1111's order), sample() with
-process_before_every_sampling, the hires second pass, create_infotext and Processed.
+reads, process_images / process_images_inner (script hooks in A1111's order, the selected checkpoint reloaded per batch),
+sample() with process_before_every_sampling, the hires second pass (on its own checkpoint when
+hr_checkpoint_info is given), create_infotext and Processed. `p.sd_model` is shared.sd_model, as
+in v1.10 (a property): a refiner or hires checkpoint changes it mid-job.
 
 Differences, for speed: no VAE (images are the final latents), text conditioning is a seeded
 random tensor per prompt (77 tokens per 75 words, AND-parts split), and the sampler is Euler."""
@@ -9,19 +11,20 @@ import zlib
 
 import torch
 
-from modules import infotext_utils, prompt_parser, sd_samplers, shared
+from modules import infotext_utils, prompt_parser, sd_models, sd_samplers, shared
 from modules.shared import opts, state
 
 
 class StandinSDModel:
     """The surface of an ldm LatentDiffusion that processing and scripts touch."""
 
-    def __init__(self, unet, is_sdxl=False, context_dim=768):
+    def __init__(self, unet, is_sdxl=False, context_dim=768, name="standin"):
         from types import SimpleNamespace
         self.context_dim = context_dim
         self.model = SimpleNamespace(diffusion_model=unet, conditioning_key="crossattn")
         self.is_sdxl, self.is_sd1, self.is_sd2 = is_sdxl, not is_sdxl, False
-        self.sd_checkpoint_info = SimpleNamespace(name_for_extra="standin", shorthash="00000000")
+        self.sd_checkpoint_info = SimpleNamespace(name_for_extra=name, shorthash="00000000", title=name,
+                                                  short_title=name)
         self.cond_stage_key = "txt"
 
     def apply_model(self, x, t, cond):
@@ -39,18 +42,28 @@ class StableDiffusionProcessing:
     def __init__(self, sd_model=None, prompt="", negative_prompt="", seed=-1, n_iter=1, batch_size=1, steps=2,
                  cfg_scale=7.0, width=64, height=64, sampler_name="Euler", s_min_uncond=0.0, script_args=None,
                  scripts=None, override_settings=None, do_not_save_samples=True, **kwargs):
-        self.sd_model, self.prompt, self.negative_prompt = sd_model, prompt, negative_prompt
+        self.prompt, self.negative_prompt = prompt, negative_prompt
         self.seed, self.n_iter, self.batch_size, self.steps = seed, n_iter, batch_size, steps
         self.cfg_scale, self.width, self.height, self.sampler_name = cfg_scale, width, height, sampler_name
         self.s_min_uncond, self.script_args, self.scripts = s_min_uncond, list(script_args or []), scripts
         self.override_settings = override_settings or {}
         self.extra_generation_params, self.comments = {}, {}
         self.is_hr_pass, self.iteration, self.sampler = False, 0, None
+        self.refiner_checkpoint_info, self.refiner_switch_at = None, None
         self.do_not_save_samples = do_not_save_samples
         self.is_api = kwargs.pop("is_api", False)
         for k, v in kwargs.items():
             setattr(self, k, v)
         shared.sd_model = sd_model
+        sd_models.select(sd_model)
+
+    @property
+    def sd_model(self):
+        return shared.sd_model
+
+    @sd_model.setter
+    def sd_model(self, value):
+        pass
 
     def comment(self, text):
         self.comments[text] = 1
@@ -63,7 +76,7 @@ class StableDiffusionProcessing:
         self.all_seeds = [int(self.seed) + i for i in range(n)]
         self.all_subseeds = list(self.all_seeds)
 
-    def get_conds(self, prompts, negative_prompts):
+    def encode_conds(self, prompts, negative_prompts):
         c = prompt_parser.MulticondLearnedConditioning(
             (len(prompts),), [[prompt_parser.ComposableScheduledPromptConditioning(text_encode(part, self.sd_model.context_dim))
                                for part in prompt.split(" AND ")] for prompt in prompts])
@@ -71,7 +84,14 @@ class StableDiffusionProcessing:
         return c, uc
 
     def setup_conds(self):
-        self.c, self.uc = self.get_conds(self.prompts, self.negative_prompts)
+        """Txt2Img.setup_conds: in the hires pass (called by the refiner) only the hires conds."""
+        if self.is_hr_pass:
+            self.hr_c, self.hr_uc = self.encode_conds(self.prompts, self.negative_prompts)
+        else:
+            self.c, self.uc = self.encode_conds(self.prompts, self.negative_prompts)
+
+    def get_conds(self):
+        return (self.hr_c, self.hr_uc) if self.is_hr_pass else (self.c, self.uc)
 
     def noise(self, shape):
         """ImageRNG: one seeded noise tensor per image of the batch."""
@@ -79,10 +99,14 @@ class StableDiffusionProcessing:
 
 
 class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
-    def __init__(self, enable_hr=False, hr_scale=2.0, hr_second_pass_steps=0, denoising_strength=0.7, **kwargs):
+    def __init__(self, enable_hr=False, hr_scale=2.0, hr_second_pass_steps=0, denoising_strength=0.7,
+                 hr_checkpoint_info=None, **kwargs):
         super().__init__(**kwargs)
         self.enable_hr, self.hr_scale = enable_hr, hr_scale
         self.hr_second_pass_steps, self.denoising_strength = hr_second_pass_steps, denoising_strength
+        self.hr_checkpoint_info = hr_checkpoint_info  # v1.10 finds it from hr_checkpoint_name in init()
+        if hr_checkpoint_info is not None:
+            self.extra_generation_params["Hires checkpoint"] = hr_checkpoint_info.short_title
 
     def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
         self.sampler = sd_samplers.create_sampler(self.sampler_name, self.sd_model)
@@ -93,6 +117,7 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         samples = self.sampler.sample(self, x, conditioning, unconditional_conditioning)
         if not self.enable_hr:
             return samples
+        sd_models.reload_model_weights(info=self.hr_checkpoint_info)
         return self.sample_hr_pass(samples, conditioning, unconditional_conditioning)
 
     def sample_hr_pass(self, samples, c, uc):
@@ -102,7 +127,7 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         samples = torch.nn.functional.interpolate(samples, scale_factor=self.hr_scale, mode="nearest")
         self.sampler = sd_samplers.create_sampler(self.sampler_name, self.sd_model)
         noise = self.noise(tuple(samples.shape[1:]))
-        self.hr_c, self.hr_uc = c, uc
+        self.hr_c, self.hr_uc = self.encode_conds(self.prompts, self.negative_prompts)  # for this pass's model
         if self.scripts is not None:
             self.scripts.before_hr(self)
             self.scripts.process_before_every_sampling(p=self, x=samples, noise=noise, c=self.hr_c, uc=self.hr_uc)
@@ -169,6 +194,7 @@ def process_images_inner(p) -> Processed:
                 break
             sl = slice(n * p.batch_size, (n + 1) * p.batch_size)
             p.prompts, p.negative_prompts = p.all_prompts[sl], p.all_negative_prompts[sl]
+            sd_models.reload_model_weights()  # the model can be changed, for example by the refiner
             p.seeds, p.subseeds = p.all_seeds[sl], p.all_subseeds[sl]
             if p.scripts is not None:
                 p.scripts.before_process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)

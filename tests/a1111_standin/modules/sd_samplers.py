@@ -3,7 +3,7 @@
 scaling: the UNet sees x * c_in and a timestep, and predicts eps."""
 import torch
 
-from modules import sd_samplers_common
+from modules import sd_samplers_common, shared
 from modules.sd_samplers_cfg_denoiser import CFGDenoiser
 from modules.shared import state
 
@@ -27,9 +27,10 @@ class KDiffusionSampler:
         self.sampler_extra_args, self.last_latent, self.p = None, None, None
 
     def model_wrap(self, x, sigma, cond):
-        """CompVisDenoiser.forward: eps-prediction model -> denoised."""
+        """CompVisDenoiser(shared.sd_model).forward (CFGDenoiser.inner_model wraps the current
+        model, a refiner's after a switch): eps-prediction model -> denoised."""
         c_in = (1 / (sigma ** 2 + 1) ** 0.5)[:, None, None, None]
-        eps = self.sd_model.apply_model(x * c_in, sigma_to_t(sigma), cond)
+        eps = shared.sd_model.apply_model(x * c_in, sigma_to_t(sigma), cond)
         return x - eps * sigma[:, None, None, None]
 
     def initialize(self, p):

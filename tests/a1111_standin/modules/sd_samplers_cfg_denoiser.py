@@ -1,6 +1,7 @@
 """Mirrors modules/sd_samplers_cfg_denoiser.py CFGDenoiser.forward: how one sampling step's
 UNet batch is laid out and split into UNet calls (written for these tests, same behaviour):
 
+- apply_refiner first: the refiner's model may take over from this step on (new conds);
 - x_in = for each image i, repeats[i] copies of x[i] (AND prompts), then x (the uncond rows);
   for an InstructPix2Pix ("edit") model with image CFG scale != 1, x twice: [cond, uncond text +
   image, uncond text + zero image], combined by combine_denoised_for_edit_model;
@@ -32,6 +33,12 @@ class CFGDenoiser(torch.nn.Module):
     def inner_model(self, x, sigma, cond):
         return self.sampler.model_wrap(x, sigma, cond=cond)
 
+    def update_inner_model(self):
+        """After a refiner switch: the model (shared.sd_model) and the conds are new."""
+        c, uc = self.p.get_conds()
+        self.sampler.sampler_extra_args["cond"] = c
+        self.sampler.sampler_extra_args["uncond"] = uc
+
     def combine_denoised(self, x_out, conds_list, uncond, cond_scale):
         denoised_uncond = x_out[-uncond.shape[0]:]
         denoised = torch.clone(denoised_uncond)
@@ -47,6 +54,9 @@ class CFGDenoiser(torch.nn.Module):
     def forward(self, x, sigma, uncond, cond, cond_scale, s_min_uncond, image_cond):
         if state.interrupted or state.skipped:
             raise sd_samplers_common.InterruptedException
+        if sd_samplers_common.apply_refiner(self, sigma):
+            cond = self.sampler.sampler_extra_args["cond"]
+            uncond = self.sampler.sampler_extra_args["uncond"]
         is_edit_model = (shared.sd_model.cond_stage_key == "edit" and self.image_cfg_scale is not None
                          and self.image_cfg_scale != 1.0)
 
