@@ -76,6 +76,7 @@ class StyleHandle:
         if not 0.0 <= start <= end <= 1.0:
             raise ValueError(f"style range {start}-{end}: need 0 <= start <= end <= 1")
         self.adapter, self.trainable, self.version = adapter, trainable, 0
+        self.layer_calls = 0  # style terms added so far: a host that bypasses the layers shows as 0
         self._rows: torch.Tensor | None = None
         self._rows_on: dict = {}  # rows copied per (batch, device), once per call, not per layer
         self.set_styles(style_inputs)
@@ -88,6 +89,7 @@ class StyleHandle:
                 if strength * w != 0.0:  # a zero weight installs nothing: output stays bit-identical
                     term = _StyleTerm(layer, adapter.layer(layer.key), strength * w, self)
                     self._hooks.append(layer.module.register_forward_hook(term, with_kwargs=True))
+            self.n_terms = len(self._hooks)
             if callable(rows):
                 self._hooks.append(unet.register_forward_pre_hook(
                     lambda _, args, kwargs: self.set_rows(rows(args, kwargs)), with_kwargs=True))
@@ -173,6 +175,7 @@ class _StyleTerm:
     def __call__(self, module, args, kwargs, out):
         if not self.handle.active:
             return None
+        self.handle.layer_calls += 1
         rows = self.handle.rows_for(out.shape[0], out.device)
         if self.handle.adapter.tokens == 1:
             return out + self._bias(out)[rows].unsqueeze(1)

@@ -51,6 +51,7 @@ class Generation:
         self._pre_hook = None
         self._pass_styled = False
         self._told: set[str] = set()
+        self._calls_on = self._layer_calls = 0  # this pass: UNet calls with the style on, terms added
 
     # -- the style of each image ---------------------------------------------------------
     def image_components(self, image_seeds: Sequence[int | None]) -> list[tuple[float, ...]]:
@@ -68,6 +69,7 @@ class Generation:
         self.end_pass()
         self.components = self.image_components(image_seeds)
         self._pass_styled = False
+        self._calls_on = self._layer_calls = 0
         consequence = "This pass runs" if self.passes else "This image is generated"
         return self._hook(unet, f"{consequence} without the style.")
 
@@ -114,7 +116,18 @@ class Generation:
         else:
             self.handle.set_rows(rows)
             self.handle.set_progress(self.progress)
+            self._calls_on += self.handle.active and self.handle.n_terms > 0
         return None
+
+    def check_pass(self) -> None:
+        """Raise when the style was on for UNet calls of this pass and none of its layers ran:
+        something runs in place of the UNet's modules, and the image would lack the style."""
+        layer_calls = self._layer_calls + (self.handle.layer_calls if self.handle is not None else 0)
+        if self._calls_on and not layer_calls:
+            raise StyleComponentsError(
+                f"the style was on for {self._calls_on} UNet calls, but none of the UNet's cross-attention "
+                "layers ran: something runs in its place (in A1111, the 'SD Unet' setting, e.g. a TensorRT "
+                "engine). Set SD Unet to None, or turn the style off")
 
     def end_pass(self) -> None:
         self._unhook()
@@ -125,6 +138,7 @@ class Generation:
             self._pre_hook.remove()
             self._pre_hook = None
         if self.handle is not None:
+            self._layer_calls += self.handle.layer_calls
             self.handle.remove()
             self.handle = None
         self.tracker.clear()
@@ -143,8 +157,10 @@ def with_components(params, components: Sequence[float]):
     return replace(params, components=tuple(float(c) for c in components), seed=None)
 
 
-def wrap_sampling(sampler, methods: Sequence[str], before: Callable[[], None] | None, after: Callable[[], None]):
-    """Run `after` when the sampler's pass ends however it ends (return, exception, interruption).
+def wrap_sampling(sampler, methods: Sequence[str], before: Callable[[], None] | None, after: Callable[[], None],
+                  on_return: Callable[[], None] | None = None):
+    """Run `after` when the sampler's pass ends however it ends (return, exception, interruption),
+    `before` when it starts and `on_return` when it returns (either may raise to fail the pass).
 
     Wraps the named bound methods on the sampler *instance* (the class is untouched); each
     wrapper restores the original on its first call's exit, so it runs once per pass.
@@ -163,7 +179,10 @@ def wrap_sampling(sampler, methods: Sequence[str], before: Callable[[], None] | 
             try:
                 if before is not None:
                     before()
-                return original(*args, **kwargs)
+                result = original(*args, **kwargs)
+                if on_return is not None:
+                    on_return()
+                return result
             finally:
                 restore()
                 after()

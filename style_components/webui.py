@@ -128,7 +128,7 @@ def _start_pass(p, gen: Generation, x) -> bool:
     styled = gen.start_pass(unet_of(p), seeds)
     _record(p, gen)
     # also unstyled: a refiner of another model may take over within the pass
-    wrap_sampling(p.sampler, SAMPLER_METHODS, None, gen.end_pass)
+    wrap_sampling(p.sampler, SAMPLER_METHODS, None, gen.end_pass, on_return=gen.check_pass)
     return styled
 
 

@@ -238,3 +238,19 @@ def test_wrap_sampling_before_can_fail_the_pass():
     with pytest.raises(ArgumentError, match="bad argument"):
         s.sample(1)
     assert ended == [1] and s.sample(1) == 2
+
+
+def test_wrap_sampling_on_return_runs_after_a_return_only_and_can_fail_the_pass():
+    s, events = _Sampler(), []
+
+    def check():
+        events.append("check")
+        raise ArgumentError("no layer ran")
+    wrap_sampling(s, ["sample"], None, lambda: events.append("after"), on_return=check)
+    with pytest.raises(ArgumentError, match="no layer ran"):
+        s.sample(1)
+    assert events == ["check", "after"] and "sample" not in s.__dict__
+    wrap_sampling(s, ["sample"], None, lambda: events.append("after"), on_return=check)
+    with pytest.raises(RuntimeError, match="boom"):  # the sampler's own error wins; no check
+        s.sample("boom")
+    assert events == ["check", "after", "after"]

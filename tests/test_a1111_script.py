@@ -360,3 +360,30 @@ def test_a_hires_checkpoint_the_adapter_does_not_fit_leaves_every_first_pass_sty
     _, again = generate(env, paste(env, res.infotexts[1]), **kw)
     assert torch.equal(again.images[1], res.images[1])
     _assert_clean(env["unet"], other.model.diffusion_model)
+
+
+def test_an_sd_unet_in_place_of_the_unet_stops_the_generation(env, monkeypatch):
+    """v1.10's "SD Unet" setting (a TensorRT engine, for one) makes UNetModel.forward run another
+    module, so the style's layers never run. Found in review: the image came out unstyled and
+    its infotext named the style. Now the pass fails with a message; strength 0 (no layer to
+    run) still generates."""
+    import copy
+
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from modules import sd_unet
+    _, bare = generate(env, None)
+    engine_weights, original = copy.deepcopy(env["unet"]), UNetModel.forward
+
+    class Engine(sd_unet.SdUnet):  # an engine built from the same weights, without our hooks
+        def forward(self, x, timesteps, context, *args, **kwargs):
+            return original(engine_weights, x, timesteps, context, *args, **kwargs)
+    monkeypatch.setattr(UNetModel, "forward", sd_unet.create_unet_forward(original))
+    monkeypatch.setattr(sd_unet, "current_unet", Engine())
+    with pytest.raises(StyleComponentsError, match="none of the UNet's cross-attention layers ran.*SD Unet"):
+        generate(env, args(components=[1.0] * 30))
+    assert_unet_clean(env)
+    _, off = generate(env, args(components=[1.0] * 30, strength=0.0))
+    assert torch.equal(off.images[0], bare.images[0])
+    monkeypatch.undo()
+    _, after = generate(env, None)
+    assert torch.equal(after.images[0], bare.images[0])
