@@ -343,7 +343,7 @@ INFOTEXT_READERS = infotext_fields()
 # -- callbacks ------------------------------------------------------------------------------
 
 def on_cfg_denoiser(params):
-    webui.on_cfg_denoiser(params)
+    webui.on_cfg_denoiser(params, shared.opts)
 
 
 def on_ui_settings():

@@ -5,9 +5,12 @@ for each image i, `repeats[i]` cond rows (more than one with AND prompts), then 
 uncond row per image (two groups of them for an InstructPix2Pix model: uncond text with
 the image, uncond text without it). It then calls the UNet once on all of it, or several times on
 successive slices *in order* (batch_cond_uncond off, prompts of different lengths), and
-may drop the uncond rows (negative guidance minimum sigma, skip early CFG). None of this
-is assumed here: `step_labels` describes the stacked batch, and `RowTracker` hands each
-UNet call the next slice of it, whatever sizes the calls turn out to have.
+may drop the uncond rows (negative guidance minimum sigma, skip early CFG). Tiled samplers
+(the Tiled Diffusion extension's MultiDiffusion and Mixture of Diffusers) call the UNet once per
+tile, or on several tiles stacked along the batch, each tile with all of the step's rows. None
+of this is assumed here: `step_labels` describes the stacked batch, and `RowTracker` hands each
+UNet call the next slice of it, or the whole batch's labels once per stacked copy, whatever
+sizes the calls turn out to have.
 
 Labels are style indices for `inject.StyleHandle.set_rows`: cond rows take their image's
 index (one style per image of the batch), uncond rows take `NULL`.
@@ -75,9 +78,10 @@ class RowTracker:
     """Feeds each UNet call the labels of its slice of the current step's batch.
 
     `new_step(labels)` is called when the host announces a step (A1111: on_cfg_denoiser);
-    `next_call(n)` on every UNet call returns the next n labels, or None when the call does
-    not belong to an announced step (no step yet, or more rows than announced): such a call
-    gets no style rather than a guessed one.
+    `next_call(n)` on every UNet call returns the next n labels; for a call of k whole batches
+    at a batch boundary (tiles), the labels k times; or None when the call does not belong to
+    an announced step (no step yet, or rows that fit neither): such a call gets no style rather
+    than a guessed one.
     """
 
     def __init__(self):
@@ -89,13 +93,16 @@ class RowTracker:
         self.labels, self.at = list(labels), 0
 
     def next_call(self, n: int) -> list[int] | None:
-        if self.labels is None or self.at + n > len(self.labels):
-            self.unknown_calls += 1
-            self.labels = None  # out of step: stay off until the next announced step
-            return None
-        rows = self.labels[self.at:self.at + n]
-        self.at += n
-        return rows
+        labels = self.labels
+        if labels is not None and self.at + n <= len(labels):
+            self.at += n
+            return labels[self.at - n:self.at]
+        if labels and self.at % len(labels) == 0 and n % len(labels) == 0:
+            self.at = len(labels)  # whole batches, once or stacked: tiles of the step's latent
+            return labels * (n // len(labels))
+        self.unknown_calls += 1
+        self.labels = None  # out of step: stay off until the next announced step
+        return None
 
     def clear(self) -> None:
         self.labels, self.at = None, 0

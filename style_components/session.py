@@ -51,7 +51,8 @@ class Generation:
         self._pre_hook = None
         self._pass_styled = False
         self._told: set[str] = set()
-        self._calls_on = self._layer_calls = 0  # this pass: UNet calls with the style on, terms added
+        # this pass: UNet calls, those with the style on, style terms added
+        self._calls = self._calls_on = self._layer_calls = 0
 
     # -- the style of each image ---------------------------------------------------------
     def image_components(self, image_seeds: Sequence[int | None]) -> list[tuple[float, ...]]:
@@ -69,7 +70,7 @@ class Generation:
         self.end_pass()
         self.components = self.image_components(image_seeds)
         self._pass_styled = False
-        self._calls_on = self._layer_calls = 0
+        self._calls = self._calls_on = self._layer_calls = self.tracker.unknown_calls = 0
         consequence = "This pass runs" if self.passes else "This image is generated"
         return self._hook(unet, f"{consequence} without the style.")
 
@@ -110,6 +111,7 @@ class Generation:
         if self.handle is None:
             return None
         x = args[0] if args else kwargs.get("x", kwargs.get("sample"))
+        self._calls += 1
         rows = self.tracker.next_call(x.shape[0])
         if rows is None:
             self.handle.set_progress(OFF)
@@ -120,14 +122,19 @@ class Generation:
         return None
 
     def check_pass(self) -> None:
-        """Raise when the style was on for UNet calls of this pass and none of its layers ran:
-        something runs in place of the UNet's modules, and the image would lack the style."""
+        """At the end of a pass: raise when the style was on for UNet calls and none of its
+        layers ran (something runs in place of the UNet's modules: the image would lack the
+        style); say so when some calls could not be matched to the step's rows."""
         layer_calls = self._layer_calls + (self.handle.layer_calls if self.handle is not None else 0)
         if self._calls_on and not layer_calls:
             raise StyleComponentsError(
                 f"the style was on for {self._calls_on} UNet calls, but none of the UNet's cross-attention "
                 "layers ran: something runs in its place (in A1111, the 'SD Unet' setting, e.g. a TensorRT "
                 "engine). Set SD Unet to None, or turn the style off")
+        if self.tracker.unknown_calls:
+            self._tell(f"Style Components: {self.tracker.unknown_calls} of {self._calls} UNet calls had rows "
+                       "that match no sampling step's batch (another extension calling the UNet?); they ran "
+                       "without the style.")
 
     def end_pass(self) -> None:
         self._unhook()

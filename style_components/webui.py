@@ -136,8 +136,8 @@ def _describe(e: Exception) -> str:
     return str(e) if isinstance(e, StyleComponentsError) else f"{type(e).__name__}: {e}"
 
 
-def on_cfg_denoiser(params) -> None:
-    """script_callbacks.on_cfg_denoiser: announce the step and its batch layout."""
+def on_cfg_denoiser(params, opts=None) -> None:
+    """script_callbacks.on_cfg_denoiser: announce the step and its batch layout (opts: shared.opts)."""
     denoiser = getattr(params, "denoiser", None)
     p = getattr(denoiser, "p", None)
     gen: Generation | None = getattr(p, ATTR, None)
@@ -149,15 +149,17 @@ def on_cfg_denoiser(params) -> None:
         _record(p, gen)
     if gen.handle is None:
         return
-    gen.step(labels_of(params), getattr(denoiser, "step", 0), getattr(denoiser, "total_steps", None))
+    gen.step(labels_of(params, opts), getattr(denoiser, "step", 0), getattr(denoiser, "total_steps", None))
 
 
-def labels_of(params) -> list[int]:
-    """Style row labels of the stacked batch on_cfg_denoiser reports (cond rows per image, then uncond)."""
+def labels_of(params, opts=None) -> list[int]:
+    """Style row labels of the step's UNet rows: the stacked batch on_cfg_denoiser reports (cond
+    rows per image, then uncond), less the uncond rows CFGDenoiser.forward will skip."""
     import torch
     x = params.x
     n_rows, n_images = x.shape[0], _rows(params.text_uncond)
-    groups = 2 if is_edit_step(params.denoiser) else 1
+    edit = is_edit_step(params.denoiser)
+    groups = 2 if edit else 1
     repeats = None
     try:
         batch = params.denoiser.sampler.sampler_extra_args["cond"].batch
@@ -169,7 +171,21 @@ def labels_of(params) -> list[int]:
     if repeats is None:
         repeats = infer_repeats(n_rows - (groups - 1) * n_images, n_images,
                                 lambda r, i: torch.equal(x[r], x[n_rows - n_images + i]))
-    return step_labels(repeats, groups)
+    labels = step_labels(repeats, groups)
+    # said here, not left to the calls covering a prefix: tiled calls repeat whole batches
+    return labels[:-n_images] if opts is not None and skips_uncond(params, opts, edit) else labels
+
+
+def skips_uncond(params, opts, edit: bool) -> bool:
+    """CFGDenoiser.forward's own test for dropping the last n_images rows (Skip Early CFG,
+    Negative Guidance minimum sigma), made with the step's values after the callback."""
+    denoiser = params.denoiser
+    step, total = getattr(denoiser, "step", 0), getattr(denoiser, "total_steps", None) or 1
+    if opts.skip_early_cond != 0 and step / total <= opts.skip_early_cond:
+        return True
+    s_min = getattr(getattr(denoiser, "sampler", None), "sampler_extra_args", None) or {}
+    s_min = s_min.get("s_min_uncond") or 0.0
+    return bool((step % 2 or opts.s_min_uncond_all) and s_min > 0 and params.sigma[0] < s_min and not edit)
 
 
 def is_edit_step(denoiser) -> bool:

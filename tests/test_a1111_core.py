@@ -44,6 +44,20 @@ def test_tracker_hands_out_successive_slices(repeats, data):
     assert tracker.next_call(1) is None and tracker.unknown_calls == 2
 
 
+def test_tracker_gives_whole_batch_calls_the_labels_once_per_stacked_copy():
+    """Tiled Diffusion's MultiDiffusion calls the UNet per tile batch: tiles stacked along the
+    batch, each with every row of the step (one tile per call, or several)."""
+    labels = step_labels([1, 1])
+    tracker = RowTracker()
+    tracker.new_step(labels)
+    assert tracker.next_call(8) == labels * 2 and tracker.next_call(4) == labels
+    assert tracker.next_call(12) == labels * 3
+    assert tracker.next_call(2) is None  # a part of a batch after whole ones: not a slice of the step
+    tracker.new_step(labels)
+    assert tracker.next_call(2) == [0, 1] and tracker.next_call(4) is None  # mid-batch: no guess
+    assert tracker.unknown_calls == 2
+
+
 def test_tracker_without_an_announced_step_gives_nothing():
     assert RowTracker().next_call(2) is None
 
@@ -254,3 +268,25 @@ def test_wrap_sampling_on_return_runs_after_a_return_only_and_can_fail_the_pass(
     with pytest.raises(RuntimeError, match="boom"):  # the sampler's own error wins; no check
         s.sample("boom")
     assert events == ["check", "after", "after"]
+
+
+def test_skips_uncond_mirrors_cfg_denoiser_forward():
+    """v1.10 CFGDenoiser.forward drops the last batch_size rows for Skip Early CFG (steps up to
+    that fraction) and for NGMS (sigma below s_min_uncond, odd steps unless s_min_uncond_all;
+    never for edit models)."""
+    from types import SimpleNamespace as NS
+
+    from style_components.webui import skips_uncond
+
+    def params(step, sigma, s_min=0.0, total=10):
+        sampler = NS(sampler_extra_args={"s_min_uncond": s_min})
+        return NS(denoiser=NS(step=step, total_steps=total, sampler=sampler), sigma=torch.tensor([sigma, sigma]))
+    opts = NS(skip_early_cond=0.0, s_min_uncond_all=False)
+    assert not skips_uncond(params(1, 0.5), opts, edit=False)
+    assert skips_uncond(params(1, 0.5, s_min=1.0), opts, edit=False)
+    assert not skips_uncond(params(2, 0.5, s_min=1.0), opts, edit=False)  # even step
+    assert not skips_uncond(params(1, 2.0, s_min=1.0), opts, edit=False)  # sigma above
+    assert not skips_uncond(params(1, 0.5, s_min=1.0), opts, edit=True)
+    assert skips_uncond(params(2, 0.5, s_min=1.0), NS(skip_early_cond=0.0, s_min_uncond_all=True), edit=False)
+    early = NS(skip_early_cond=0.2, s_min_uncond_all=False)
+    assert skips_uncond(params(2, 5.0), early, edit=True) and not skips_uncond(params(3, 5.0), early, edit=False)

@@ -172,3 +172,43 @@ def test_instruct_pix2pix_batches_style_only_the_cond_rows(env, batch_cond_uncon
                    else [[0, 1], [0, 1], [N, N]], strength=1.5)
     assert not all(close(c[3], w, tol=1e-3) for c, w in zip(calls, wrong))
     assert_unet_clean(env)
+
+
+@pytest.mark.parametrize("tile_batch,ngms", [(1, False), (2, False), (1, True), (2, True)])
+def test_tiled_sampling_styles_every_tile(env, monkeypatch, tile_batch, ngms):
+    """Tiled Diffusion (tile_methods/multidiffusion.py, MultiDiffusion.kdiff_forward) replaces the
+    sampler's inner model: the latent is cut in tiles and the UNet called on `tile_batch` tiles
+    at a time, stacked along the batch, each with all of the step's rows. Found in review: only
+    the first tile got the style (tile batch 1), or none (tile batch > 1). With negative guidance
+    minimum sigma the uncond rows are dropped before the tiles are cut: the second tile's cond
+    rows must not be read as the first one's uncond rows."""
+    if ngms:
+        env["shared"].opts.data["s_min_uncond_all"] = True
+    from modules import sd_samplers
+    original = sd_samplers.create_sampler
+
+    def create_sampler(name, model):
+        sampler = original(name, model)
+        inner = sampler.model_wrap
+
+        def kdiff_forward(x, sigma, cond):  # two tiles: the halves of the latent's width
+            n, half = x.shape[0], x.shape[-1] // 2
+            tiles, out = [slice(0, half), slice(half, None)], torch.zeros_like(x)
+            for group in (tiles[i:i + tile_batch] for i in range(0, len(tiles), tile_batch)):
+                stacked = {k: [torch.cat([v[0]] * len(group))] for k, v in cond.items()}
+                y = inner(torch.cat([x[..., s] for s in group]), sigma.repeat(len(group)), stacked)
+                for i, s in enumerate(group):
+                    out[..., s] = y[i * n:(i + 1) * n]
+            return out
+        sampler.model_wrap = kdiff_forward
+        return sampler
+    monkeypatch.setattr(sd_samplers, "create_sampler", create_sampler)
+    calls = []
+    p, _ = generate(env, args(random=True, seed=-1, strength=1.5), record=calls, batch_size=2, width=128, height=64,
+                    s_min_uncond=100.0 if ngms else 0.0)
+    assert not env["errors"].reported and not p.comments
+    expected = [([0, 1] if ngms else [0, 1, N, N]) * tile_batch] * (2 // tile_batch)
+    assert [c[0].shape[0] for c in calls] == [len(r) for r in expected], "the stand-in's layout changed"
+    wants = replay(env, calls, styles_for(env, p.all_seeds), expected, strength=1.5)
+    assert all(close(c[3], want) for c, want in zip(calls, wants))
+    assert_unet_clean(env)
