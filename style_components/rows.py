@@ -89,10 +89,15 @@ class RowTracker:
         self.at = 0
         self.unknown_calls = 0
 
-    def new_step(self, labels: Sequence[int]) -> None:
-        self.labels, self.at = list(labels), 0
+    def new_step(self, labels: Sequence[int] | Callable[[], Sequence[int]]) -> None:
+        """labels, or a function giving them (or None: unknown) at the step's first UNet call,
+        when every other callback that may rearrange the batch has run."""
+        self.labels, self.at = labels, 0
 
     def next_call(self, n: int) -> list[int] | None:
+        if callable(self.labels):
+            labels = self.labels()  # None: the step's rows cannot be labelled
+            self.labels = None if labels is None else list(labels)
         labels = self.labels
         if labels is not None and self.at + n <= len(labels):
             self.at += n

@@ -102,8 +102,9 @@ class Generation:
             self.passes += 1
         return True
 
-    def step(self, labels: Sequence[int], step: int, total_steps: int | None) -> None:
-        """The host is about to run sampling step `step` of `total_steps` on a batch with `labels`."""
+    def step(self, labels: Sequence[int] | Callable[[], Sequence[int]], step: int, total_steps: int | None) -> None:
+        """The host is about to run sampling step `step` of `total_steps` on a batch with `labels`
+        (or a function giving them at the step's first UNet call)."""
         self.progress = sampling_progress(step, total_steps)
         self.tracker.new_step(labels)
 

@@ -149,7 +149,16 @@ def on_cfg_denoiser(params, opts=None) -> None:
         _record(p, gen)
     if gen.handle is None:
         return
-    gen.step(labels_of(params, opts), getattr(denoiser, "step", 0), getattr(denoiser, "total_steps", None))
+    # read at the step's first UNet call: callbacks after this one may still rearrange the rows
+    gen.step(lambda: _labels_or_none(params, opts), getattr(denoiser, "step", 0),
+             getattr(denoiser, "total_steps", None))
+
+
+def _labels_or_none(params, opts):
+    try:
+        return labels_of(params, opts)
+    except ValueError:  # a layout no rule explains: the step runs unstyled and is reported
+        return None
 
 
 def labels_of(params, opts=None) -> list[int]:
@@ -172,6 +181,14 @@ def labels_of(params, opts=None) -> list[int]:
         repeats = infer_repeats(n_rows - (groups - 1) * n_images, n_images,
                                 lambda r, i: torch.equal(x[r], x[n_rows - n_images + i]))
     labels = step_labels(repeats, groups)
+    n_cond = n_rows - groups * n_images
+    # each cond row is a copy of its image's latent (the first uncond group is x itself, in image
+    # order); another extension may have reordered them (Regional Prompter's latent mode does)
+    same = (x[:n_cond, None] == x[None, n_cond:n_cond + n_images]).flatten(2).all(-1).tolist()
+    if not all(same[r][i] for r, i in enumerate(labels[:n_cond])):
+        owners = [row.index(True) if any(row) else None for row in same]
+        if None not in owners:
+            labels = owners + labels[n_cond:]
     # said here, not left to the calls covering a prefix: tiled calls repeat whole batches
     return labels[:-n_images] if opts is not None and skips_uncond(params, opts, edit) else labels
 

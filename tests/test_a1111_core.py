@@ -58,6 +58,16 @@ def test_tracker_gives_whole_batch_calls_the_labels_once_per_stacked_copy():
     assert tracker.unknown_calls == 2
 
 
+def test_tracker_reads_lazy_labels_at_the_first_call():
+    asked = []
+    tracker = RowTracker()
+    tracker.new_step(lambda: asked.append(1) or [0, N])
+    assert asked == []  # not before a UNet call: later callbacks may still rearrange the rows
+    assert tracker.next_call(1) == [0] and tracker.next_call(1) == [N] and asked == [1]
+    tracker.new_step(lambda: None)  # rows no rule explains: the step is unknown
+    assert tracker.next_call(2) is None and tracker.unknown_calls == 1
+
+
 def test_tracker_without_an_announced_step_gives_nothing():
     assert RowTracker().next_call(2) is None
 

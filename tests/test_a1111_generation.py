@@ -212,3 +212,35 @@ def test_tiled_sampling_styles_every_tile(env, monkeypatch, tile_batch, ngms):
     wants = replay(env, calls, styles_for(env, p.all_seeds), expected, strength=1.5)
     assert all(close(c[3], want) for c, want in zip(calls, wants))
     assert_unet_clean(env)
+
+
+def test_rows_reordered_by_a_later_callback_keep_their_images_style(env):
+    """Regional Prompter's latent mode (scripts/latent.py, denoiser_callback_s) turns
+    batch_cond_uncond off and, in its own on_cfg_denoiser callback, registered after ours,
+    reorders the cond rows in place from image-major [b1a1, b1a2, b2a1, b2a2] to area-major
+    [b1a1, b2a1, b1a2, b2a2]. Rows are labelled at the step's first UNet call, by which image's
+    latent each cond row holds, so each image keeps its own style."""
+    from modules import script_callbacks
+    env["shared"].opts.data["batch_cond_uncond"] = False
+
+    def area_major(params):
+        batch = params.text_uncond.shape[0]
+        areas = params.x.shape[0] // batch - 1
+        for t in (params.x, params.image_cond, params.sigma, params.text_cond):
+            old = t.clone()
+            for a in range(areas):
+                for b in range(batch):
+                    t[b + a * batch] = old[a + b * areas]
+    script_callbacks.on_cfg_denoiser(area_major)
+    calls = []
+    try:
+        p, _ = generate(env, args(random=True, seed=-1, strength=1.5), record=calls, batch_size=2,
+                        prompt=["a castle AND a moat"] * 2, negative_prompt=["blurry"] * 2)
+    finally:
+        script_callbacks.remove_callbacks_for_function(area_major)
+    assert not env["errors"].reported and not p.comments
+    expected = [[0, 1], [0, 1], [N, N]]
+    assert [c[0].shape[0] for c in calls] == [len(r) for r in expected], "the stand-in's layout changed"
+    wants = replay(env, calls, styles_for(env, p.all_seeds), expected, strength=1.5)
+    assert all(close(c[3], want) for c, want in zip(calls, wants))
+    assert_unet_clean(env)
