@@ -1,7 +1,7 @@
 """Check the extension inside a running AUTOMATIC1111 WebUI, through its HTTP API only.
 
     python tools/a1111_check.py --url http://127.0.0.1:7861 --model my-sd1-style \
-        [--mismatched sdxl-style] [--lora some-lora] [--reference icon.png]
+        [--mismatched sdxl-style] [--lora some-lora] [--reference icon.png] [--refiner other-sd1.safetensors]
 
 Start the WebUI with `--api` and this extension installed, and an SD1 checkpoint loaded (any
 weights will do, random ones too: the checks compare images with each other, not with
@@ -62,7 +62,8 @@ def infotexts(reply: dict) -> list[str]:
     return json.loads(reply["info"])["infotexts"]
 
 
-def run(ui: WebUI, model: str, mismatched: str | None, lora: str | None, reference: str | None) -> dict:
+def run(ui: WebUI, model: str, mismatched: str | None, lora: str | None, reference: str | None,
+        refiner: str | None = None) -> dict:
     results: dict[str, bool] = {}
 
     def check(name: str, ok: bool, evidence: str = "") -> None:
@@ -147,6 +148,16 @@ def run(ui: WebUI, model: str, mismatched: str | None, lora: str | None, referen
         check("LoRA + style differs from style alone", not np.array_equal(with_lora, on_px))
         check("style alone after a LoRA run is unchanged", np.array_equal(first(ui.generate([style])[1]), on_px))
 
+    if refiner:
+        # another SD1 checkpoint as the refiner, two checkpoints kept loaded: the switch makes
+        # another model object current, and the style must follow it. Style to the end vs style
+        # ending at the switch differ only if the refiner's steps were styled.
+        ref = dict(refiner_checkpoint=refiner, refiner_switch_at=0.5, override_settings={"sd_checkpoints_limit": 2})
+        code, whole = ui.generate([style], **ref)
+        _, until = ui.generate([{**style, "end": 0.5}], **ref)
+        check("refiner of the same architecture: its steps keep the style",
+              code == 200 and not np.array_equal(first(whole), first(until)), whole.get("errors", ""))
+
     box: dict = {}
     worker = threading.Thread(target=lambda: box.update(reply=ui.generate([style], steps=30)))
     worker.start()
@@ -164,8 +175,9 @@ def main(argv=None) -> int:
     p.add_argument("--mismatched", help="an SDXL style model (checks the mismatch path)")
     p.add_argument("--lora", help="a LoRA name to combine with the style")
     p.add_argument("--reference", help="an image file for the reference-image check (needs an extractor)")
+    p.add_argument("--refiner", help="another SD1 checkpoint, used as the refiner (sets sd_checkpoints_limit to 2)")
     args = p.parse_args(argv)
-    results = run(WebUI(args.url), args.model, args.mismatched, args.lora, args.reference)
+    results = run(WebUI(args.url), args.model, args.mismatched, args.lora, args.reference, args.refiner)
     failed = [name for name, ok in results.items() if not ok]
     print(f"{len(results) - len(failed)}/{len(results)} passed" + (f"; failed: {failed}" if failed else ""))
     return 1 if failed else 0
