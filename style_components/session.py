@@ -51,8 +51,8 @@ class Generation:
         self._pre_hook = None
         self._pass_styled = False
         self._told: set[str] = set()
-        # this pass: UNet calls, those with the style on, style terms added
-        self._calls = self._calls_on = self._layer_calls = 0
+        # this pass: UNet calls with the style on, style terms added, calls it missed (rows unknown)
+        self._calls_on = self._layer_calls = self._missed = 0
 
     # -- the style of each image ---------------------------------------------------------
     def image_components(self, image_seeds: Sequence[int | None]) -> list[tuple[float, ...]]:
@@ -70,7 +70,7 @@ class Generation:
         self.end_pass()
         self.components = self.image_components(image_seeds)
         self._pass_styled = False
-        self._calls = self._calls_on = self._layer_calls = self.tracker.unknown_calls = 0
+        self._calls_on = self._layer_calls = self._missed = 0
         consequence = "This pass runs" if self.passes else "This image is generated"
         return self._hook(unet, f"{consequence} without the style.")
 
@@ -112,10 +112,10 @@ class Generation:
         if self.handle is None:
             return None
         x = args[0] if args else kwargs.get("x", kwargs.get("sample"))
-        self._calls += 1
         rows = self.tracker.next_call(x.shape[0])
         if rows is None:
             self.handle.set_progress(OFF)
+            self._missed += self.handle.start <= self.progress < self.handle.end
         else:
             self.handle.set_rows(rows)
             self.handle.set_progress(self.progress)
@@ -132,10 +132,9 @@ class Generation:
                 f"the style was on for {self._calls_on} UNet calls, but none of the UNet's cross-attention "
                 "layers ran: something runs in its place (in A1111, the 'SD Unet' setting, e.g. a TensorRT "
                 "engine). Set SD Unet to None, or turn the style off")
-        if self.tracker.unknown_calls:
-            self._tell(f"Style Components: {self.tracker.unknown_calls} of {self._calls} UNet calls had rows "
-                       "that match no sampling step's batch (another extension calling the UNet?); they ran "
-                       "without the style.")
+        if self._missed:
+            self._tell("Style Components: some UNet calls had rows that match no sampling step's batch "
+                       "(another extension calling the UNet?); they ran without the style.")
 
     def end_pass(self) -> None:
         self._unhook()
