@@ -71,6 +71,7 @@ class Generation:
         self.components = self.image_components(image_seeds)
         self._pass_styled = False
         self._calls_on = self._layer_calls = self._missed = 0
+        self.progress = OFF  # until the host announces a step: calls before it are not the sampler's
         consequence = "This pass runs" if self.passes else "This image is generated"
         return self._hook(unet, f"{consequence} without the style.")
 
