@@ -150,19 +150,20 @@ class StyleParams:
                             f" nor a seed from 0 to {MAX_SEED}")
         return problems
 
-    def effective_components(self, k: int, image_seed: int | None = None) -> tuple[float, ...]:
-        """The K component values used for one image, multiplier applied.
-        seed None: the sliders, padded with 0 or cut to k; -1: random from `image_seed`;
-        >= 0: random from `seed`."""
+    def slider_values(self, k: int, image_seed: int | None = None) -> tuple[float, ...]:
+        """The K slider values of one image, before the multiplier. seed None: the sliders,
+        padded with 0 or cut to k; -1: random from `image_seed`; >= 0: random from `seed`."""
         if self.seed is None:
-            values = (self.components + (0.0,) * k)[:k]
-        elif self.seed == SEED_PER_IMAGE:
+            return (self.components + (0.0,) * k)[:k]
+        if self.seed == SEED_PER_IMAGE:
             if image_seed is None:
                 raise ValueError("seed -1 takes each image's seed, but no image seed was given")
-            values = random_components(image_seed, k)
-        else:
-            values = random_components(self.seed, k)
-        return tuple(v * self.multiplier for v in values)
+            return random_components(image_seed, k)
+        return random_components(self.seed, k)
+
+    def effective_components(self, k: int, image_seed: int | None = None) -> tuple[float, ...]:
+        """The K component values used for one image: `slider_values` times the multiplier."""
+        return tuple(v * self.multiplier for v in self.slider_values(k, image_seed))
 
 
 _DEFAULTS = {f.name: f.default for f in fields(StyleParams)}

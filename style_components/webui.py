@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 from . import script_args as sargs
 from .errors import StyleComponentsError
 from .inject import remove_all
+from .params import SEED_PER_IMAGE
 from .rows import infer_repeats, step_labels
 from .session import Generation, with_components, wrap_sampling
 
@@ -82,9 +83,21 @@ def _record(p, gen: Generation) -> None:
     """The infotext names the style once any pass of the job took it (a hires or refiner model
     that does not fit leaves the passes before it styled: pasting the infotext repeats both)."""
     if gen.passes:
-        p.extra_generation_params[sargs.INFOTEXT_KEY] = gen.params.to_infotext()
+        p.extra_generation_params[sargs.INFOTEXT_KEY] = infotext_entry(gen.params, gen.model.k)
     else:
         p.extra_generation_params.pop(sargs.INFOTEXT_KEY, None)
+
+
+def infotext_entry(params, k: int):
+    """The infotext value, with the slider values a random style drew, so that "Send to txt2img"
+    puts them on the sliders to adjust. Per image for seed -1: a function A1111's
+    create_infotext calls with the image's `all_seeds` and `index` (as v1.10 documents)."""
+    if params.seed != SEED_PER_IMAGE:
+        return replace(params, components=params.slider_values(k)).to_infotext()
+
+    def per_image(all_seeds, index, **_):
+        return replace(params, components=params.slider_values(k, all_seeds[index])).to_infotext()
+    return per_image
 
 
 def finalize(params, model):
@@ -264,13 +277,13 @@ def decode_image(source, allow_paths: bool = True):
 
 
 def _from_references(params, model, parsed, load_extractor, allow_paths: bool = True):
+    images = [decode_image(s, allow_paths) for s in parsed.ref_images]  # a path is refused first
     if model.space is None or model.info.extractor is None:
         raise StyleComponentsError(f"model {model.info.name!r} has no extractor/style space to read reference images")
     if load_extractor is None:
         from .extract import Extractor
         load_extractor = Extractor.load
     extractor = load_extractor(model.info.extractor)
-    images = [decode_image(s, allow_paths) for s in parsed.ref_images]
     embedding = extractor.embed(images, list(parsed.ref_weights) or None)
     components = model.space.to_components(embedding.reshape(-1)).tolist()
     note = params.refs or f"{len(images)} reference image{'s' if len(images) != 1 else ''}"

@@ -115,6 +115,14 @@ def test_random_per_image_style_round_trip_and_batch_count(env):
     assert len({tuple(im.flatten()[:8].tolist()) for im in res.images}) == 4
     restored = dict(zip(sargs.ALL_NAMES, paste(env, res.infotexts[3])))
     assert restored["random"] is True and restored["seed"] == -1
+    # each image's infotext shows the values its style drew: pasted, they are on the sliders
+    from style_components.params import random_components
+    for i in (1, 3):  # batch 0 and 1: A1111 builds infotexts from the batch's seeds and index
+        values = dict(zip(sargs.ALL_NAMES, paste(env, res.infotexts[i])))
+        assert [values[n] for n in sargs.COMPONENT_NAMES[:30]] == list(random_components(p.all_seeds[i], 30))
+    drawn = [restored[n] for n in sargs.COMPONENT_NAMES[:30]]
+    _, typed = generate(env, args(components=drawn), seed=p.all_seeds[3])  # random off, same values
+    assert close(typed.images[0], res.images[3])
     # image 4 alone, from its own infotext seed, is the same image (its style comes from its seed)
     _, again = generate(env, paste(env, res.infotexts[3]), seed=p.all_seeds[3], batch_size=1)
     assert close(again.images[0], res.images[3])  # batch 1 vs 2: float summation order only
@@ -168,6 +176,9 @@ def test_reference_images_as_base64_fill_the_components(env, monkeypatch):
             return env["space"].to_embedding(torch.tensor([0.5] * 30))
 
     module = env["module"]
+    # an API path is refused first, also by a model that reads no references (found in a real WebUI)
+    with pytest.raises(StyleComponentsError, match="not file paths"):
+        generate(env, [{"enabled": True, "model": "demo", "ref_images": ["/etc/passwd"]}], is_api=True)
     monkeypatch.setattr(module, "load_extractor", lambda path: FakeExtractor())
     extractor_file = module.registry.find("demo").adapter.parent / "demo.extractor.safetensors"
     files.write(extractor_file, {"x": torch.zeros(1)}, {"format": "style-components-extractor"})

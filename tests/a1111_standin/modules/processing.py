@@ -11,7 +11,7 @@ import zlib
 
 import torch
 
-from modules import infotext_utils, prompt_parser, sd_models, sd_samplers, shared
+from modules import errors, infotext_utils, prompt_parser, sd_models, sd_samplers, shared
 from modules.shared import opts, state
 
 
@@ -159,12 +159,26 @@ class Processed:
         self.seed = p.all_seeds[0]
 
 
-def create_infotext(p, index):
+def create_infotext(p, all_prompts, all_seeds, all_subseeds, index=0, all_negative_prompts=None):
+    """v1.10's: process_images_inner calls it per image with the *batch's* prompts and seeds and
+    the index in the batch; an extra_generation_params value that is a list is indexed, one that
+    is callable is called with create_infotext's locals (as v1.10 documents)."""
+    if all_negative_prompts is None:
+        all_negative_prompts = p.all_negative_prompts
     generation_params = {"Steps": p.steps, "Sampler": p.sampler_name, "CFG scale": p.cfg_scale,
-                         "Seed": p.all_seeds[index], "Size": f"{p.width}x{p.height}", **p.extra_generation_params}
+                         "Seed": all_seeds[index], "Size": f"{p.width}x{p.height}", **p.extra_generation_params}
+    for key, value in generation_params.items():
+        try:
+            if isinstance(value, list):
+                generation_params[key] = value[index]
+            elif callable(value):
+                generation_params[key] = value(**locals())
+        except Exception:
+            errors.report(f'Error creating infotext for key "{key}"', exc_info=True)
+            generation_params[key] = None
     text = ", ".join(k if k == v else f"{k}: {infotext_utils.quote(v)}" for k, v in generation_params.items()
                      if v is not None)
-    return f"{p.all_prompts[index]}\nNegative prompt: {p.all_negative_prompts[index]}\n{text}".strip()
+    return f"{all_prompts[index]}\nNegative prompt: {all_negative_prompts[index]}\n{text}".strip()
 
 
 def process_images(p) -> Processed:
@@ -206,7 +220,8 @@ def process_images_inner(p) -> Processed:
                 p.scripts.postprocess_batch(p, samples, batch_number=n)
             for i in range(samples.shape[0]):
                 images.append(samples[i])
-                infotexts.append(create_infotext(p, n * p.batch_size + i))
+                infotexts.append(create_infotext(p, p.prompts, p.seeds, p.subseeds, index=i,
+                                                 all_negative_prompts=p.negative_prompts))
     res = Processed(p, images, infotexts)
     if p.scripts is not None:
         p.scripts.postprocess(p, res)
