@@ -92,12 +92,11 @@ def infotext_entry(params, k: int):
     """The infotext value, with the slider values a random style drew, so that "Send to txt2img"
     puts them on the sliders to adjust. Per image for seed -1: a function A1111's
     create_infotext calls with the image's `all_seeds` and `index` (as v1.10 documents)."""
+    def text(image_seed=None):
+        return replace(params, components=params.slider_values(k, image_seed)).to_infotext()
     if params.seed != SEED_PER_IMAGE:
-        return replace(params, components=params.slider_values(k)).to_infotext()
-
-    def per_image(all_seeds, index, **_):
-        return replace(params, components=params.slider_values(k, all_seeds[index])).to_infotext()
-    return per_image
+        return text()
+    return lambda all_seeds, index, **_: text(all_seeds[index])
 
 
 def finalize(params, model):
