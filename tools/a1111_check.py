@@ -152,9 +152,15 @@ def run(ui: WebUI, model: str, mismatched: str | None, lora: str | None, referen
         # another SD1 checkpoint as the refiner, two checkpoints kept loaded: the switch makes
         # another model object current, and the style must follow it. Style to the end vs style
         # ending at the switch differ only if the refiner's steps were styled.
+        # (A1111 restores an override only for options saved in config.json: put the old value back)
+        limit = ui.get("/sdapi/v1/options").get("sd_checkpoints_limit", 1)
         ref = dict(refiner_checkpoint=refiner, refiner_switch_at=0.5, override_settings={"sd_checkpoints_limit": 2})
-        code, whole = ui.generate([style], **ref)
-        _, until = ui.generate([{**style, "end": 0.5}], **ref)
+        try:
+            code, whole = ui.generate([style], **ref)
+            _, until = ui.generate([{**style, "end": 0.5}], **ref)
+        finally:
+            ui.post("/sdapi/v1/options", {"sd_checkpoints_limit": limit})
+        check("sd_checkpoints_limit restored", ui.get("/sdapi/v1/options").get("sd_checkpoints_limit") == limit)
         check("refiner of the same architecture: its steps keep the style",
               code == 200 and not np.array_equal(first(whole), first(until)), whole.get("errors", ""))
 
@@ -175,7 +181,7 @@ def main(argv=None) -> int:
     p.add_argument("--mismatched", help="an SDXL style model (checks the mismatch path)")
     p.add_argument("--lora", help="a LoRA name to combine with the style")
     p.add_argument("--reference", help="an image file for the reference-image check (needs an extractor)")
-    p.add_argument("--refiner", help="another SD1 checkpoint, used as the refiner (sets sd_checkpoints_limit to 2)")
+    p.add_argument("--refiner", help="another SD1 checkpoint, used as the refiner (sd_checkpoints_limit is 2 for that check, then restored)")
     args = p.parse_args(argv)
     results = run(WebUI(args.url), args.model, args.mismatched, args.lora, args.reference, args.refiner)
     failed = [name for name, ok in results.items() if not ok]
