@@ -212,8 +212,8 @@ def skips_uncond(params, opts, edit: bool) -> bool:
     step, total = getattr(denoiser, "step", 0), getattr(denoiser, "total_steps", None) or 1
     if opts.skip_early_cond != 0 and step / total <= opts.skip_early_cond:
         return True
-    s_min = getattr(getattr(denoiser, "sampler", None), "sampler_extra_args", None) or {}
-    s_min = s_min.get("s_min_uncond") or 0.0
+    extra_args = getattr(getattr(denoiser, "sampler", None), "sampler_extra_args", None) or {}
+    s_min = extra_args.get("s_min_uncond") or 0.0
     return bool((step % 2 or opts.s_min_uncond_all) and s_min > 0 and params.sigma[0] < s_min and not edit)
 
 
