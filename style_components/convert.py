@@ -3,8 +3,9 @@
 The original style space (a pickled `(sklearn PCA, std)` tuple) and style extractor (a whole
 pickled timm module) can only be read by unpickling, and unpickling runs whatever callable
 the file names. Here every global a pickle asks for is checked against an allow-list before
-it is imported, so a malicious file is refused (`UnsafePickleError`) before any of it runs.
-The original adapters are safetensors already and need no conversion.
+it is imported, and every opcode that calls something is checked too, so a malicious file is
+refused (`UnsafePickleError`) before any of it runs. Outputs are checked before they are
+written, and written atomically. The original adapters are safetensors already.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import types
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -39,7 +40,6 @@ _ALLOWED = frozenset({
     "collections.OrderedDict",                   # nn.Module's parameter/buffer/module dicts
     "torch._utils._rebuild_tensor_v2",           # every tensor in a torch.save file
     "torch._utils._rebuild_parameter",           # nn.Parameter
-    "torch._utils._rebuild_parameter_with_state",  # nn.Parameter carrying Python attributes
     "numpy.ndarray",                             # numpy arrays (the PCA's fitted attributes)
     "numpy.dtype",
     "numpy._core.multiarray._reconstruct",       # ndarray reconstruction, numpy >= 2 name
@@ -49,8 +49,10 @@ _ALLOWED = frozenset({
     "numpy._core.numeric._frombuffer",           # arrays in pickle protocol 5
     "numpy.core.numeric._frombuffer",
 })
-# Packages whose nn.Module classes (and enums, e.g. timm's Format) a pickled model is made of.
-_MODULE_PACKAGES = ("torch.nn.modules", "timm")
+# Packages whose nn.Module classes (and enums, e.g. timm's Format) a pickled model is made of: the
+# globals of torch.save'd timm models are all in these (timm.models.layers in timm < 0.9), whereas
+# elsewhere in timm are modules whose __init__ loads files (timm.task.distillation.DistillationTeacher).
+_MODULE_PACKAGES = ("torch.nn.modules", "timm.layers", "timm.models")
 
 
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
@@ -58,6 +60,28 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     if encoding not in ("latin1", "latin-1"):
         raise UnsafePickleError(f"refused _codecs.encode with codec {encoding!r}")
     return text.encode("latin1")
+
+
+def _check_state(state) -> None:
+    """State that BUILD (or torch, for a Parameter) sets on an object: attribute names and data only.
+
+    A callable or dunder stored on an instance overrides its class's method (`__setstate__`,
+    `extend`, `forward`...), which a later opcode or the converter would call.
+    """
+    for attrs in state if isinstance(state, tuple) and len(state) == 2 else (state,):  # (dict, slots)
+        if attrs is None:
+            continue
+        if not isinstance(attrs, dict):
+            raise UnsafePickleError(f"refused object state given as a {type(attrs).__name__}, not a dict")
+        for key, value in attrs.items():
+            if not isinstance(key, str) or key.startswith("__") or callable(value):
+                raise UnsafePickleError(f"refused to set attribute {key!r} to a {type(value).__name__}")
+
+
+def _rebuild_parameter_with_state(data, requires_grad, backward_hooks, state):
+    """torch's own, after checking the Python attributes it sets on the Parameter."""
+    _check_state(state)
+    return torch._utils._rebuild_parameter_with_state(data, requires_grad, backward_hooks, state)
 
 
 class PickledPCA:
@@ -68,6 +92,7 @@ class PickledPCA:
 
 _SUBSTITUTES = {
     "_codecs.encode": _latin1_encode,
+    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter_with_state,  # a Parameter with attributes
     "sklearn.decomposition._pca.PCA": PickledPCA,   # the style space's PCA object (sklearn >= 0.22)
     "sklearn.decomposition.pca.PCA": PickledPCA,    # ... its older module path
 }
@@ -104,12 +129,19 @@ def resolve_global(module: str, name: str) -> Any:
                             f"(a genuine release never needs it, so the file may be malicious)")
 
 
-class RestrictedUnpickler(pickle._Unpickler):
-    """An unpickler that builds only allow-listed globals.
+def _refuse_opcode(name: str) -> Callable:
+    def refuse(unpickler) -> None:
+        raise UnsafePickleError(f"refused the {name} opcode: it calls a class or object with arguments from "
+                                f"the file (torch.save and scikit-learn never write it)")
+    return refuse
 
-    The pure-Python unpickler is used for its dispatch table: BUILD onto a global itself
-    (a class or function, rather than an instance of one) would let a file rewrite
-    installed classes' attributes, so it is refused too.
+
+class RestrictedUnpickler(pickle._Unpickler):
+    """An unpickler that builds only allow-listed globals, and calls only what rebuilding data needs.
+
+    The pure-Python unpickler is used for its dispatch table, so that every opcode that calls
+    something is checked (torch.save and scikit-learn pickles pass all of these checks):
+    REDUCE, NEWOBJ(_EX), BUILD, APPEND(S), SETITEM(S) and ADDITEMS; INST and OBJ are refused.
     """
 
     dispatch = dict(pickle._Unpickler.dispatch)
@@ -124,10 +156,12 @@ class RestrictedUnpickler(pickle._Unpickler):
         return obj
 
     def load_build(self) -> None:
-        target = self.stack[-2]
+        target, state = self.stack[-2:]
         # a global, or an Enum member (a process-wide singleton): state set here outlives the file
         if id(target) in self._globals or isinstance(target, enum.Enum):
             raise UnsafePickleError(f"refused to set attributes of {getattr(target, '__qualname__', target)!r}")
+        if not isinstance(target, (np.ndarray, np.dtype)):  # these two take a tuple of data
+            _check_state(state)
         super().load_build()
 
     def load_reduce(self) -> None:
@@ -138,8 +172,56 @@ class RestrictedUnpickler(pickle._Unpickler):
             raise UnsafePickleError(f"refused to call {getattr(func, '__qualname__', type(func).__name__)!r}")
         super().load_reduce()
 
+    def _check_class(self, cls) -> None:
+        # NEWOBJ(_EX) calls cls.__new__: an allow-listed class's, not one an instance carries.
+        if not (isinstance(cls, type) and id(cls) in self._globals):
+            raise UnsafePickleError(f"refused to create a {type(cls).__name__}: not an allow-listed class")
+
+    def load_newobj(self) -> None:
+        self._check_class(self.stack[-2])
+        super().load_newobj()
+
+    def load_newobj_ex(self) -> None:
+        self._check_class(self.stack[-3])
+        super().load_newobj_ex()
+
+    def _check_container(self, target, kind: type) -> None:
+        # These opcodes call the target's append/extend/__setitem__/add: only a plain container's
+        # (a module's __setitem__, e.g. ParameterDict's, would set any attribute).
+        if not isinstance(target, kind):
+            raise UnsafePickleError(f"refused to add items to a {type(target).__name__}")
+
+    def load_append(self) -> None:
+        self._check_container(self.stack[-2], list)
+        super().load_append()
+
+    def load_appends(self) -> None:
+        self._check_container(self.metastack[-1][-1], list)  # the object below the MARK
+        super().load_appends()
+
+    def load_setitem(self) -> None:
+        self._check_container(self.stack[-3], dict)
+        super().load_setitem()
+
+    def load_setitems(self) -> None:
+        self._check_container(self.metastack[-1][-1], dict)
+        super().load_setitems()
+
+    def load_additems(self) -> None:
+        self._check_container(self.metastack[-1][-1], set)
+        super().load_additems()
+
     dispatch[pickle.BUILD[0]] = load_build
     dispatch[pickle.REDUCE[0]] = load_reduce
+    dispatch[pickle.INST[0]] = _refuse_opcode("INST")
+    dispatch[pickle.OBJ[0]] = _refuse_opcode("OBJ")
+    dispatch[pickle.NEWOBJ[0]] = load_newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
+    dispatch[pickle.APPEND[0]] = load_append
+    dispatch[pickle.APPENDS[0]] = load_appends
+    dispatch[pickle.SETITEM[0]] = load_setitem
+    dispatch[pickle.SETITEMS[0]] = load_setitems
+    dispatch[pickle.ADDITEMS[0]] = load_additems
 
 
 def restricted_load(file, **kwargs) -> Any:
@@ -190,7 +272,8 @@ def convert_space(src, dst, name: str | None = None, extractor: str = "") -> Sty
     """Convert the original PCA file, a pickled `(sklearn PCA, std)`, to a style-space file.
 
     The first K = n_components_ components are kept, with their standard deviations, so
-    that `to_components(e) == pca.transform(e) / std[:K]` (the PCA is not whitened).
+    that `to_components(e) == pca.transform(e) / std[:K]`, whitened or not. Everything is
+    checked before the file is written.
     """
     obj = load_pickle(src)
     if not (isinstance(obj, (tuple, list)) and len(obj) == 2 and hasattr(obj[0], "components_")):
@@ -203,13 +286,31 @@ def convert_space(src, dst, name: str | None = None, extractor: str = "") -> Sty
     if components.ndim != 2 or k > components.shape[0] or mean.shape != (components.shape[1],):
         raise ModelFileError(src, f"PCA with components {list(components.shape)} and mean {list(mean.shape)} "
                                   f"cannot give {k} components")
-    if std.shape[0] < k or not np.all(std[:k] > 0):
+    components, std = components[:k], std[:k]
+    for array, what in ((components, "the PCA's components_"), (mean, "the PCA's mean_"), (std, "std")):
+        if not np.all(np.isfinite(array)):
+            raise ModelFileError(src, f"{what} holds NaN or infinite values")
+    if std.shape[0] < k or not np.all(std > 0):
         raise ModelFileError(src, f"needs {k} positive standard deviations, found {std.shape[0]} "
-                                  f"(the smallest of the first {k}: {std[:k].min(initial=np.inf):.3g})")
-    space = StyleSpace(torch.from_numpy(mean).float(), torch.from_numpy(components[:k]).float(),
-                       torch.from_numpy(std[:k]).float(), extractor=extractor, name=name or "")
+                                  f"(the smallest of the first {k}: {std.min(initial=np.inf):.3g})")
+    if getattr(pca, "whiten", False):
+        std = std * _whitening_scale(src, pca, k)
+    space = StyleSpace(torch.from_numpy(mean).float(), torch.from_numpy(components).float(),
+                       torch.from_numpy(std).float(), extractor=extractor, name=name or Path(dst).stem)
     space.save(dst)
     return StyleSpace.load(dst)
+
+
+def _whitening_scale(src, pca, k: int) -> np.ndarray:
+    """A whitened PCA's transform also divides by sqrt(explained_variance_): folded into std, the space
+    gives pca.transform(e) / std, and maps back as pca.inverse_transform(z * std) does."""
+    variance = _float_array(src, getattr(pca, "explained_variance_", None), "explained_variance_").reshape(-1)
+    scale = np.sqrt(np.maximum(variance[:k], 0))
+    # sklearn raises a scale below its dtype's eps to that eps: above float32's, the folding is exact
+    if variance.shape[0] < k or not np.all(scale > np.finfo(np.float32).eps):
+        raise ModelFileError(src, f"is a whitened PCA without {k} positive explained_variance_ values, "
+                                  f"so its whitening cannot be undone")
+    return scale
 
 
 def _float_array(src, value, what: str) -> np.ndarray:
@@ -238,6 +339,7 @@ def convert_extractor(src, dst, preprocess: str = "v0.3", architecture: str | No
     model = load_pickle(src)
     if not isinstance(model, torch.nn.Module):
         raise ModelFileError(src, f"holds a {type(model).__name__}, not a whole model saved with torch.save(model)")
+    _refuse_stored_code(src, model)
     model.float().eval()  # the file holds float32 weights; compare in the same precision
     cfg = _pretrained_cfg(model)
     architecture = architecture or cfg.get("architecture")
@@ -253,6 +355,9 @@ def convert_extractor(src, dst, preprocess: str = "v0.3", architecture: str | No
     else:
         kwargs = dict(model_kwargs)
     state = model.state_dict()
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelFileError(src, "holds NaN or infinite values", key)
     rebuilt = _rebuild(src, architecture, kwargs, state)
     if preprocess == "v0.3" and getattr(rebuilt, "dynamic_img_size", True) is False:
         raise ModelFileError(src, "v0.3 preprocessing needs variable input sizes: add "
@@ -265,6 +370,29 @@ def convert_extractor(src, dst, preprocess: str = "v0.3", architecture: str | No
                 "name": name or Path(dst).stem}
     files.write(dst, state, metadata)
     return metadata
+
+
+def _refuse_stored_code(src, model: torch.nn.Module) -> None:
+    """Refuse code that the file stored in a module: hooks run when it is called or its state_dict
+    is read (both below), and forward calls whatever stands in `_modules`. torch.save keeps hooks,
+    but a genuine release has none, and only tensors and modules in these dicts."""
+    contents = {"_parameters": torch.Tensor, "_buffers": torch.Tensor, "_modules": torch.nn.Module}
+    todo, seen = [("", model)], set()
+    while todo:
+        path, module = todo.pop()
+        if id(module) in seen:  # a file can make the module graph a cycle
+            continue
+        seen.add(id(module))
+        where, attrs = f"{src}: " + (f"module {path!r}" if path else "the model"), vars(module)
+        for name, value in attrs.items():
+            if "hook" in name and value and not isinstance(value, bool):  # _is_full_backward_hook is a flag
+                raise UnsafePickleError(f"{where} carries {name}, code that conversion would run")
+        for group, kind in contents.items():
+            values = attrs.get(group, {})
+            if not isinstance(values, dict) or not all(v is None or isinstance(v, kind) for v in values.values()):
+                raise UnsafePickleError(f"{where} has something other than {kind.__name__}s in {group}")
+        prefix = f"{path}." if path else ""
+        todo += [(prefix + name, child) for name, child in attrs.get("_modules", {}).items() if child is not None]
 
 
 def _pretrained_cfg(model: torch.nn.Module) -> dict:
@@ -357,16 +485,9 @@ def _vit_kwargs(src, model: torch.nn.Module) -> dict[str, Any]:
 
 
 def _rebuild(src, architecture: str, kwargs: dict, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
-    try:
-        import timm
-    except ImportError:
-        raise StyleComponentsError("converting a style extractor needs timm (pip install timm)") from None
-    if not timm.is_model(architecture):
-        raise ModelFileError(src, f"timm {timm.__version__} does not know the architecture {architecture!r}")
-    try:
-        model = timm.create_model(architecture, pretrained=False, **kwargs)
-    except (TypeError, ValueError, RuntimeError, AssertionError, KeyError) as e:
-        raise ModelFileError(src, f"timm cannot build {architecture!r} with {json.dumps(kwargs)}: {e}") from None
+    from .extract import _build_model  # the extractor loader's own checks and timm call
+
+    model = _build_model(src, architecture, kwargs)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

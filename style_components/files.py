@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import secrets
 from pathlib import Path
 from typing import Mapping
 
@@ -36,12 +38,21 @@ def read(path, kind: str | None = None) -> tuple[dict[str, torch.Tensor], dict[s
 
 
 def write(path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, object]) -> None:
-    """Save tensors with metadata; non-string metadata values are stored as JSON."""
+    """Save tensors with metadata; non-string metadata values are stored as JSON.
+
+    Written to a temporary file in the same folder, then renamed: a failed or interrupted write
+    never leaves a half file that the model lists would show, nor spoils an older one."""
     from safetensors.torch import save_file
 
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), meta)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # hidden, and no model suffix
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def require(path, tensors: Mapping[str, torch.Tensor], key: str, shape: tuple[int | None, ...],

@@ -68,8 +68,13 @@ def save(folder, name: str, components: Sequence[float], model: str = "", source
     path = path_of(folder, name)
     if path.exists() and not overwrite:
         raise StyleComponentsError(f"preset {name!r} already exists")
-    files.write(path, {"components": torch.tensor(list(components), dtype=torch.float32)},
-                {"format": FORMAT, "name": check_name(name), "model": model, "source": source})
+    values = torch.tensor(list(components), dtype=torch.float32)
+    # checked here, as load() will: a file that fails it would be written and then not be listed
+    if values.ndim != 1 or values.numel() == 0 or not bool(torch.isfinite(values).all()):
+        raise StyleComponentsError(f"preset {name!r}: its slider values must be finite numbers, "
+                                   f"not {[float(v) for v in values.reshape(-1)][:8]}")
+    files.write(path, {"components": values}, {
+        "format": FORMAT, "name": check_name(name), "model": model, "source": source})
     return load(path)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.torch
 import timm
 import torch
 from PIL import Image
@@ -113,6 +114,61 @@ def test_convert_space_rejects_wrong_content(content, message, tmp_path):
     with pytest.raises(ModelFileError, match=re.escape(message)):
         convert_space(tmp_path / "pca.pkl", tmp_path / "space.safetensors")
     assert not (tmp_path / "space.safetensors").exists()
+
+
+def test_a_whitened_pca_keeps_the_original_slider_scale(tmp_path):
+    """Found in review: a whitened PCA converted with every slider off by sqrt(explained_variance_).
+    sklearn's whitened transform is ((e - mean) @ C.T) / sqrt(explained_variance_)."""
+    _, _, data = fitted_pca()
+    pca = PCA(n_components=K, whiten=True).fit(data)
+    std = np.linspace(0.5, 2.0, D)
+    (tmp_path / "pca.pkl").write_bytes(pickle.dumps((pca, std)))
+    space = convert_space(tmp_path / "pca.pkl", tmp_path / "space.safetensors")
+    want = pca.transform(data) / std[:K]                       # what the original release computes
+    got = space.to_components(torch.from_numpy(data).float())
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(space.to_embedding(got).numpy(), pca.inverse_transform(want * std[:K]),
+                               rtol=1e-4, atol=1e-3)
+    del pca.explained_variance_                                  # whitened, but the scale is unknown
+    (tmp_path / "pca.pkl").write_bytes(pickle.dumps((pca, std)))
+    with pytest.raises(ModelFileError, match="whitened"):
+        convert_space(tmp_path / "pca.pkl", tmp_path / "other.safetensors")
+
+
+@pytest.mark.parametrize("spoil", ["components_", "mean_", "std"])
+def test_a_space_with_nan_is_refused_before_writing(spoil, tmp_path):
+    """Found in review: NaN in the PCA was written out, then failed the check on reading it back,
+    leaving a broken file that the model list shows, and an error naming that file, not the source."""
+    pca, std, _ = fitted_pca()
+    if spoil == "std":
+        std[1] = np.inf
+    else:
+        getattr(pca, spoil).flat[3] = np.nan
+    src, dst = tmp_path / "pca.pkl", tmp_path / "space.safetensors"
+    src.write_bytes(pickle.dumps((pca, std)))
+    with pytest.raises(ModelFileError, match=re.escape(str(src)) + ".*(NaN|infinite)"):
+        convert_space(src, dst)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pca.pkl"]
+
+
+def failing_write(tensors, path, metadata=None):
+    """safetensors' save_file interrupted half way (disk full, Ctrl-C): part of a file, then an error."""
+    Path(path).write_bytes(b"partial")
+    raise OSError("No space left on device")
+
+
+def test_an_interrupted_conversion_leaves_the_previous_file(pca_file, torch_file, tmp_path, monkeypatch):
+    """Outputs are written to a temporary file in the same folder and renamed into place."""
+    space, extractor = tmp_path / "space.safetensors", tmp_path / "extractor.safetensors"
+    convert_space(pca_file[0], space)
+    convert_extractor(torch_file, extractor)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    monkeypatch.setattr(safetensors.torch, "save_file", failing_write)
+    with pytest.raises(OSError, match="No space"):
+        convert_space(pca_file[0], space)
+    with pytest.raises(OSError, match="No space"):
+        convert_extractor(torch_file, extractor)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # unchanged, no temporary left
 
 
 # --- the original style extractor -------------------------------------------------------------
@@ -274,6 +330,16 @@ def test_bad_model_kwargs_json_is_a_usage_error(tmp_path, capsys):
     assert e.value.code == 2 and "JSON object" in capsys.readouterr().err
 
 
+def test_nan_weights_are_named_before_anything_is_written(tmp_path):
+    model = dinov2_vit()
+    with torch.no_grad():
+        model.blocks[0].mlp.fc1.weight[0, 0] = float("nan")
+    torch.save(model, tmp_path / "model.pt")
+    with pytest.raises(ModelFileError, match=r"model\.pt \(key 'blocks\.0\.mlp\.fc1\.weight'\): .*NaN"):
+        convert_extractor(tmp_path / "model.pt", tmp_path / "e.safetensors")
+    assert not (tmp_path / "e.safetensors").exists()
+
+
 def test_a_state_dict_is_not_a_whole_model(tmp_path):
     torch.save(dinov2_vit().state_dict(), tmp_path / "weights.pt")
     with pytest.raises(ModelFileError, match="not a whole model"):
@@ -358,6 +424,7 @@ def test_malicious_file_through_the_command_line(tmp_path):
     ("timm", "create_model"),                                 # a function in an allowed package
     ("timm.models._helpers", "load_checkpoint"),
     ("timm.utils.checkpoint_saver", "CheckpointSaver"),       # classes there that are not modules
+    ("timm.task.distillation", "DistillationTeacher"),       # a Module whose __init__ loads a file it is given
     ("torch.nn.modules.module", "Parameter"),
     ("torch.nn.modules.linear", "Linear.__init__"),           # dotted names walk into attributes
     ("torch.nn.modules.module", "Module.__init__.__globals__"),
@@ -408,6 +475,121 @@ def test_allowed_module_classes_are_never_called(tmp_path):
     (tmp_path / "call.pkl").write_bytes(data)
     with pytest.raises(UnsafePickleError, match="refused to call 'Linear'"):
         load_pickle(tmp_path / "call.pkl")
+
+
+CALLS: list = []
+
+
+def sentinel_call(*args, **kwargs):
+    """Harmless stand-in for any allow-listed callable a file could get called (a Module class, `set`...)."""
+    CALLS.append(args)
+
+
+class Bait:
+    """Harmless stand-in for an allow-listed object whose methods pickle opcodes call: `__new__` (NEWOBJ),
+    `__setstate__` (BUILD), append/extend (APPEND(S)), add (ADDITEMS), __setitem__ (SETITEM(S))."""
+
+    def __init__(self):
+        for name in ("__new__", "__setstate__", "append", "extend", "add"):
+            setattr(self, name, lambda *args, _name=name, **kwargs: CALLS.append((_name, *args)))
+
+    def __setitem__(self, key, value):
+        CALLS.append(("__setitem__", key, value))
+
+
+@pytest.fixture
+def sentinel(monkeypatch):
+    """Puts the stand-ins on the allow-list as `sentinel.call` and `sentinel.bait` (and the call under its
+    own name, as torch.save writes it); yields the list of the calls they saw."""
+    from style_components import convert
+    CALLS.clear()
+    for key, obj in {"sentinel.call": sentinel_call, "sentinel.bait": Bait(),
+                     f"{__name__}.sentinel_call": sentinel_call}.items():
+        monkeypatch.setitem(convert._SUBSTITUTES, key, obj)
+    yield CALLS
+    CALLS.clear()
+
+
+def load_bytes(data: bytes, tmp_path: Path):
+    (tmp_path / "file.pkl").write_bytes(data)
+    return load_pickle(tmp_path / "file.pkl")
+
+
+def test_the_sentinel_is_on_the_allow_list(sentinel, tmp_path):
+    """Control: REDUCE may call an allow-listed function, so the refusals below are the opcodes' own."""
+    load_bytes(b"csentinel\ncall\n(I7\ntR.", tmp_path)
+    assert sentinel == [(7,)]
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"(I1\nisentinel\ncall\n.", "INST"),                       # INST: calls the class it names
+    (b"(I3\nI4\nitorch.nn.modules.linear\nLinear\n.", "INST"),   # ... Linear(3, 4): a Module's __init__
+    (b"(csentinel\ncall\nI1\no.", "OBJ"),                         # OBJ: calls any object on the stack
+    (b"((I1\nitorch.nn.modules.linear\nIdentity\nI42\no.", "INST"),  # ... e.g. a module: forward(42)
+    (b"\x80\x02csentinel\nbait\nK\x01\x85\x81.", "not an allow-listed class"),  # NEWOBJ: obj.__new__(obj, 1)
+    (b"\x80\x04csentinel\nbait\n)}\x92.", "not an allow-listed class"),          # NEWOBJ_EX
+    (b"csentinel\nbait\nI1\na.", "add items to a Bait"),          # APPEND: obj.append(1)
+    (b"csentinel\nbait\n(I1\ne.", "add items to a Bait"),         # APPENDS: obj.extend([1])
+    (b"csentinel\nbait\nI1\nI2\ns.", "add items to a Bait"),     # SETITEM: obj[1] = 2
+    (b"csentinel\nbait\n(I1\nI2\nu.", "add items to a Bait"),    # SETITEMS
+    (b"\x80\x04csentinel\nbait\n(K\x01\x90.", "add items to a Bait"),  # ADDITEMS: obj.add(1)
+    # BUILD storing a callable on an instance: the next BUILD calls it as __setstate__(...) ...
+    (b"\x80\x02csklearn.decomposition._pca\nPCA\n)\x81}X\x0c\x00\x00\x00__setstate__csentinel\ncall\nsb"
+     b"}b.", "refused to set attribute '__setstate__'"),
+    # ... or APPENDS as extend(...); and on a module, the converter calls a stored `forward`
+    (b"\x80\x02csklearn.decomposition._pca\nPCA\n)\x81}X\x06\x00\x00\x00extendcsentinel\ncall\nsb(K\x01e.",
+     "refused to set attribute 'extend'"),
+    (b"\x80\x02ctorch.nn.modules.linear\nIdentity\n)\x81}X\x07\x00\x00\x00forwardcsentinel\ncall\nsb.",
+     "refused to set attribute 'forward'"),
+])
+def test_opcodes_that_call_are_refused(data, message, sentinel, tmp_path):
+    """Found in review: only REDUCE was checked; INST, OBJ, NEWOBJ, BUILD and the container opcodes
+    also call objects the file picks, with arguments from the file."""
+    with pytest.raises(UnsafePickleError, match=re.escape(message)):
+        load_bytes(data, tmp_path)
+    assert sentinel == []
+
+
+def test_a_real_inst_payload_is_refused(tmp_path):
+    """The review's payload: timm's DistillationTeacher.__init__ loads a checkpoint named by the file."""
+    secret = tmp_path / "secret.pth"
+    data = f"(Vresnet18\nI10\nI3\nV{secret}\nitimm.task.distillation\nDistillationTeacher\n.".encode()
+    with pytest.raises(UnsafePickleError, match="INST"):
+        load_bytes(data, tmp_path)
+
+
+def test_parameter_state_cannot_store_callables(sentinel, tmp_path):
+    model = torch.nn.Linear(2, 2)
+    model.weight.on_load = sentinel_call     # a Parameter's Python attributes are set with setattr
+    torch.save(model, tmp_path / "model.pt")
+    with pytest.raises(UnsafePickleError, match="refused to set attribute 'on_load'"):
+        load_pickle(tmp_path / "model.pt")
+
+
+HOOKS = ["_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks", "_state_dict_hooks",
+         "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks"]
+
+
+@pytest.mark.parametrize("where", HOOKS + ["_modules", "forward"])
+def test_code_stored_in_a_module_never_runs(where, sentinel, tmp_path):
+    """Found in review: a hook stored in the pickle ran during conversion (the saved module is called
+    to compare it with the rebuilt one, and its state_dict is read)."""
+    model = dinov2_vit()
+    target = model.blocks[1].attn
+    if where == "forward":
+        target.forward = sentinel_call          # an instance attribute wins over the class's method
+        message = "refused to set attribute 'forward'"
+    elif where == "_modules":
+        target._modules["proj"] = sentinel_call  # forward calls self.proj(x)
+        message = "module 'blocks.1.attn' has something other than Modules in _modules"
+    else:
+        getattr(target, where)[0] = sentinel_call  # as register_*_hook stores it
+        message = f"module 'blocks.1.attn' carries {where}"
+    src, dst = tmp_path / "hooked.pt", tmp_path / "e.safetensors"
+    torch.save(model, src)
+    with pytest.raises(UnsafePickleError, match=re.escape(str(src)) + ": .*" + re.escape(message)):
+        convert_extractor(src, dst)
+    assert sentinel == [] and not dst.exists()
 
 
 def test_enum_members_cannot_be_rewritten(tmp_path):
