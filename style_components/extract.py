@@ -48,6 +48,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """
     if image.mode == "RGB":
         return image
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        # convert() clips these to 0..255 (16-bit PNGs come out white): scale to 8 bits first.
+        # 16-bit grey PNG/TIFF pixels (0..65535) open as I;16, or as I in older Pillow (A1111's);
+        # float images hold 0..1 (float TIFF) or, converted by Pillow from 8 bits, 0..255.
+        a = np.asarray(image, dtype=np.float64)
+        scale = 255 / 65535 if image.mode != "F" else 255.0 if a.max() <= 1 else 1.0
+        return Image.fromarray(np.clip(np.rint(a * scale), 0, 255).astype(np.uint8), "L").convert("RGB")
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         white = Image.new("RGBA", image.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
@@ -266,6 +273,7 @@ class Extractor:
         if tuple(out.shape) != (1, self.dim):
             raise ModelFileError(self.source, f"the backbone returns shape {list(out.shape)}, "
                                               f"metadata entry 'dim' says [1, {self.dim}]")
+        self._check_finite(out)  # before caching: a NaN embedding would be served again
         # clone outside inference mode: a normal tensor callers may use with autograd
         embedding = out[0].to("cpu", torch.float32).clone()
         with self._lock:
@@ -287,7 +295,8 @@ class Extractor:
         outs = []
         with torch.inference_mode():
             for i in range(0, len(xs), batch):
-                outs.append(self.model(torch.stack(xs[i:i + batch]).to(self.device, self.dtype)).float().cpu())
+                outs.append(self._check_finite(self.model(torch.stack(xs[i:i + batch]).to(self.device, self.dtype)))
+                            .float().cpu())
         return torch.cat(outs).clone()
 
     def embed(self, images: ImageInput | Sequence[ImageInput],
@@ -307,6 +316,13 @@ class Extractor:
         stacked = torch.stack([self.embed_one(image) for image, _ in used])
         coefficients = torch.tensor([x for _, x in used], dtype=torch.float32)
         return (coefficients[:, None] * stacked).sum(0) / coefficients.sum()
+
+    def _check_finite(self, out: torch.Tensor) -> torch.Tensor:
+        if not bool(torch.isfinite(out).all()):
+            hint = f" (it ran in {self.dtype}: try float32)" if self.dtype != torch.float32 else ""
+            raise ModelFileError(self.source, f"the backbone's embedding of this image holds NaN or "
+                                              f"infinite values{hint}")
+        return out
 
     def clear_cache(self) -> None:
         with self._lock:
@@ -331,17 +347,17 @@ def _build_model(path, architecture: str, kwargs: dict) -> torch.nn.Module:
                                    f"(pip install timm): {e}") from None
     # is_model also refuses "hf-hub:..." names, which would make timm download a config.
     if not timm.is_model(architecture):
-        raise ModelFileError(path, f"metadata entry 'architecture' names {architecture!r}, "
+        raise ModelFileError(path, f"'architecture' names {architecture!r}, "
                                    f"which timm {timm.__version__} does not know")
     # create_model's own loading arguments would read (older timm: unpickle) another file
     loading = sorted(k for k in kwargs if k.startswith("pretrained") or k in ("checkpoint_path", "cache_dir"))
     if loading:
-        raise ModelFileError(path, f"metadata entry 'model_kwargs' may not set {loading[0]!r}: "
+        raise ModelFileError(path, f"'model_kwargs' may not set {loading[0]!r}: "
                                    "the weights are the ones in this file")
     try:
         return timm.create_model(architecture, pretrained=False, **kwargs)
     except (TypeError, ValueError, RuntimeError, AssertionError, KeyError) as e:
-        raise ModelFileError(path, f"timm cannot build {architecture!r} with metadata entry "
+        raise ModelFileError(path, f"timm cannot build {architecture!r} with "
                                    f"'model_kwargs' {kwargs}: {e}") from None
 
 
@@ -359,4 +375,6 @@ def _load_weights(path, model: torch.nn.Module, tensors: Mapping[str, torch.Tens
             raise ModelFileError(path, f"shape {list(tensors[k].shape)} where the model has {list(t.shape)}", k)
         if tensors[k].is_floating_point() != t.is_floating_point():
             raise ModelFileError(path, f"dtype {tensors[k].dtype} where the model has {t.dtype}", k)
+        if t.is_floating_point() and not bool(torch.isfinite(tensors[k]).all()):  # as files.require
+            raise ModelFileError(path, "holds NaN or infinite values", k)
     model.load_state_dict(dict(tensors), strict=True)

@@ -12,6 +12,7 @@ styles given to `apply`, or NULL for the null style `proj(0)` that uncond rows g
 
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Callable, Sequence
 
@@ -70,7 +71,9 @@ class StyleHandle:
                                        "module before compiling it")
         layers = find_attn2(unet)
         _check_fits(adapter, layers)
-        per_layer = preset_weights(weights, layers) if isinstance(weights, str) else [float(w) for w in weights]
+        strength = _finite_number(strength, "style strength")
+        per_layer = (preset_weights(weights, layers) if isinstance(weights, str)
+                     else [_finite_number(w, "layer weight") for w in weights])
         if len(per_layer) != len(layers):
             raise ValueError(f"{len(per_layer)} layer weights given, this UNet has {len(layers)} attn2 layers")
         if not 0.0 <= start <= end <= 1.0:
@@ -84,6 +87,7 @@ class StyleHandle:
         if rows is not None and not callable(rows):
             self.set_rows(rows)  # checked before any hook exists: a bad argument leaves no trace
         self._hooks = []
+        self._unet = weakref.ref(unet)  # before any hook: remove() on a failed install needs it
         try:
             for layer, w in zip(layers, per_layer):
                 if strength * w != 0.0:  # a zero weight installs nothing: output stays bit-identical
@@ -96,13 +100,14 @@ class StyleHandle:
         except BaseException:
             self.remove()
             raise
-        self._unet = weakref.ref(unet)
         _active.setdefault(unet, []).append(self)
 
     def set_styles(self, style_inputs: torch.Tensor) -> None:
         """Replace the style table (same use as `apply`'s style_inputs); rows keep their meaning."""
         p = self.adapter.image_proj.norm.weight
         inputs = torch.as_tensor(style_inputs).to(p.device, torch.float32).reshape(-1, self.adapter.d_in)
+        if not bool(torch.isfinite(inputs).all()):  # NaN would reach every image, and caches
+            raise StyleComponentsError("style inputs hold NaN or infinite values")
         if self._rows is not None and bool((self._rows >= inputs.shape[0]).any()):
             raise StyleComponentsError(f"style rows {self._rows.tolist()} name styles beyond the "
                                        f"{inputs.shape[0]} given: set the rows first")
@@ -182,10 +187,13 @@ class _StyleTerm:
         x = args[0] if args else kwargs.get("x", kwargs.get("hidden_states"))
         return out + self._attention(x, rows, out)
 
-    def _cached(self, key: tuple, compute):
-        """compute() once per style table and `key`; every call while training (gradients flow)."""
+    def _cached(self, key: tuple | None, compute):
+        """compute() once per style table and `key` (None: on every call); every call while training."""
         if self.handle.trainable and torch.is_grad_enabled():
             return compute()
+        if key is None:
+            with torch.no_grad():
+                return compute()
         key = (self.handle.version, *key)
         if key not in self._cache:
             self._cache.clear()
@@ -193,17 +201,26 @@ class _StyleTerm:
                 self._cache[key] = compute()
         return self._cache[key]
 
+    def _project(self, v: torch.Tensor) -> torch.Tensor:
+        """W_o v without the bias, through the out-projection module rather than its weight: its
+        hooks then run (accelerate's offload loads W_o, a meta tensor until then; unmerged LoRA,
+        A1111's lora_functional or PEFT's, adds its part). The bias is its output for 0."""
+        v = v.to(self.out_proj.weight.dtype)
+        return self.out_proj(v) - self.out_proj(v.new_zeros(1, v.shape[-1]))
+
     def _bias(self, out: torch.Tensor) -> torch.Tensor:
         """[S, C] = weight * W_o W_v_ip t for each style, in the output's dtype and device.
 
         Cached per W_o version: hosts (A1111's LoRA) may rewrite W_o in place between calls.
+        An offloaded W_o (meta) has no version to follow: computed on every call then.
         """
         w_o = self.out_proj.weight
 
         def compute():
-            bias = lambda t: self.values.to_v_ip(t)[:, 0].to(w_o.device, torch.float32) @ w_o.float().T  # noqa: E731
-            return (self.weight * self.handle.per_style(bias, self.handle.tokens)).to(out.device, out.dtype)
-        return self._cached((out.dtype, out.device, w_o._version, w_o.data_ptr()), compute)
+            bias = lambda t: self._project(self.values.to_v_ip(t)[:, 0].to(out.device)).float()  # noqa: E731
+            return (self.weight * self.handle.per_style(bias, self.handle.tokens)).to(out.dtype)
+        key = None if w_o.is_meta else (out.dtype, out.device, w_o._version, w_o.data_ptr())
+        return self._cached(key, compute)
 
     def _attention(self, x: torch.Tensor, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Decoupled attention of the layer's queries over the style tokens, through W_o (no bias)."""
@@ -217,7 +234,20 @@ class _StyleTerm:
         heads = lambda t: t.reshape(b, -1, self.heads, inner // self.heads).transpose(1, 2)
         attn = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), scale=self.scale)
         attn = attn.transpose(1, 2).reshape(b, n, inner)
-        return self.weight * F.linear(attn, self.out_proj.weight.to(attn.dtype))
+        return self.weight * self._project(attn).to(out.dtype)
+
+
+def _finite_number(value, what: str) -> float:
+    """float(value), refusing text (a UI value left unconverted) and NaN/infinity with a clear message."""
+    try:
+        if isinstance(value, (str, bytes)):
+            raise TypeError
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be a number, not {type(value).__name__} {value!r}") from None
+    if not math.isfinite(number):
+        raise StyleComponentsError(f"{what} must be finite, not {number}")
+    return number
 
 
 def _check_fits(adapter: Adapter, layers: list[Attn2]) -> None:

@@ -55,6 +55,13 @@ def find_attn2(unet: nn.Module) -> list[Attn2]:
     found = []
     levels = _ldm_levels(unet)
     for name, module in unet.named_modules():
+        if levels is None and (m := _LDM.search(name)):
+            # ldm blocks are numbered from the UNetModel: a wrapper around it hides their levels
+            inner = name[:m.start()].rstrip(".")
+            raise IncompatibleModelError(
+                f"{type(unet).__name__} is not the UNet itself: pass the UNetModel inside it (.{inner}, e.g. "
+                "A1111's sd_model.model.diffusion_model)" if inner else
+                f"{type(unet).__name__} has ldm blocks but no num_res_blocks to number them by")
         place = _place(name, levels)
         if place is not None:
             found.append((place, name, module))

@@ -129,6 +129,21 @@ def test_transparent_images_are_composited_on_white():
     assert to_rgb(Image.new("L", (4, 4), 7)).getpixel((0, 0)) == (7, 7, 7)
 
 
+def test_16_bit_grey_images_are_scaled_not_clipped(tmp_path):
+    """Found in review: convert("RGB") clips 16-bit pixels to 0..255, so they came out almost white."""
+    eight = noise_image(40, 30, mode="L")
+    sixteen = Image.fromarray(np.array(eight).astype(np.uint16) * 257)  # the same picture in 16 bits
+    sixteen.save(tmp_path / "g16.png")  # Pillow writes a 16-bit greyscale PNG
+    with Image.open(tmp_path / "g16.png") as im:
+        assert im.mode in ("I;16", "I")  # as it opens here, and in older Pillow
+    want = np.array(eight.convert("RGB"))
+    assert np.array_equal(np.array(load_image(tmp_path / "g16.png")), want)
+    assert np.array_equal(np.array(to_rgb(Image.open(tmp_path / "g16.png").convert("I"))), want)
+    # float images: 0..1, or 0..255 when Pillow converted them from 8 bits
+    assert np.array_equal(np.array(to_rgb(Image.fromarray(np.array(eight) / np.float32(255)))), want)
+    assert np.array_equal(np.array(to_rgb(eight.convert("F"))), want)
+
+
 def test_inputs_path_array_and_pil_agree(tmp_path):
     image = noise_image(90, 60)
     image.save(tmp_path / "a.png")
@@ -398,6 +413,27 @@ def test_weights_of_the_wrong_kind_are_named(saved, tmp_path):
     key = "blocks.0.attn.qkv.weight"
     err = load_error(rewrite(saved[0], tmp_path / "i.safetensors", tensors={**tensors, key: tensors[key].long()}))
     assert err.key == key and "dtype torch.int64" in err.problem
+
+
+def test_non_finite_weights_are_refused_and_nan_embeddings_not_cached(saved, tmp_path):
+    """Found in review: an extractor with a NaN weight loaded silently; its NaN embeddings were cached."""
+    tensors, _ = files.read(saved[0])
+    key = "blocks.0.attn.qkv.weight"
+    bad = tensors[key].clone()
+    bad[0, 0] = float("nan")
+    err = load_error(rewrite(saved[0], tmp_path / "n.safetensors", tensors={**tensors, key: bad}))
+    assert err.key == key and "NaN" in err.problem
+    # a backbone that overflows (or was damaged after loading): a clear error, nothing cached
+    extractor = Extractor.load(saved[0])
+    with torch.no_grad():
+        extractor.model.norm.weight[0] = float("inf")
+    image = noise_image(60, 60)
+    for _ in range(2):  # the second call runs the model again: the first result was not cached
+        with pytest.raises(ModelFileError, match="NaN or infinite"):
+            extractor.embed(image)
+    assert not extractor._cache
+    with pytest.raises(ModelFileError, match="NaN or infinite"):
+        extractor.embed_each([image])
 
 
 def test_dim_that_does_not_match_the_backbone(saved, tmp_path):

@@ -310,3 +310,65 @@ def test_a_compiled_unet_is_refused_with_a_clear_message():
     unet.compile()
     with pytest.raises(StyleComponentsError, match="before compiling"):
         apply(unet, adapter, torch.randn(1, 30))
+
+
+@pytest.mark.parametrize("tokens", [1, 4])
+def test_sequential_cpu_offload_gives_the_same_styled_output(tokens):
+    """Found in review: under accelerate's cpu_offload (diffusers' enable_sequential_cpu_offload) W_o
+    is a meta tensor when the hook runs: one token raised, four tokens gave NaN."""
+    accelerate = pytest.importorskip("accelerate")
+    unet = diffusers_unet(SMALL_SD1_DIFFUSERS)
+    g = torch.Generator().manual_seed(9)
+    inputs = (torch.randn(2, 4, 16, 16, generator=g), torch.full((2,), 500), torch.randn(2, 77, 64, generator=g))
+    adapter, styles, rows = adapter_for(unet, tokens=tokens), torch.randn(1, 30, generator=g), cfg_rows(1)
+    base = run_diffusers(unet, inputs)
+    with apply(unet, adapter, styles, rows=rows):
+        want = run_diffusers(unet, inputs)
+    accelerate.cpu_offload(unet, execution_device=torch.device("cpu"))
+    assert find_attn2(unet)[0].module.to_out[0].weight.is_meta  # what the hook sees
+    with apply(unet, adapter, styles, rows=rows):
+        got = run_diffusers(unet, inputs)
+        again = run_diffusers(unet, inputs)  # the one-token term is not cached from a meta weight
+    assert close(got, want) and torch.equal(again, got) and not close(got, base)
+    assert torch.equal(run_diffusers(unet, inputs), base)
+
+
+def test_bad_strength_weights_and_style_inputs_are_refused_clearly():
+    """Found in review: strength="0.5" (a UI value left as text) failed inside the install, and the
+    cleanup's AttributeError hid why; NaN inputs would have made NaN images."""
+    unet = diffusers_unet(SMALL_SD1_DIFFUSERS, device="meta")
+    adapter, styles = adapter_for(unet), torch.randn(1, 30)
+    with pytest.raises(TypeError, match="style strength must be a number, not str '0.5'"):
+        apply(unet, adapter, styles, strength="0.5")
+    with pytest.raises(StyleComponentsError, match="style strength must be finite, not nan"):
+        apply(unet, adapter, styles, strength=float("nan"))
+    with pytest.raises(StyleComponentsError, match="layer weight must be finite, not inf"):
+        apply(unet, adapter, styles, weights=[1.0] * 15 + [float("inf")])
+    with pytest.raises(StyleComponentsError, match="NaN or infinite"):
+        apply(unet, adapter, torch.tensor([[float("nan")] * 30]))
+    with apply(unet, adapter, styles) as handle:
+        tokens = handle.tokens
+        with pytest.raises(StyleComponentsError, match="NaN or infinite"):
+            handle.set_styles(torch.full((1, 30), float("inf")))
+        assert handle.tokens is tokens  # the table in use is kept
+    assert not any(m._forward_hooks for m in unet.modules())
+
+
+def test_a_failed_install_raises_its_own_error_and_leaves_no_hook(sd15_ldm, plain, monkeypatch):
+    """Found in review: the cleanup of a failed install raised AttributeError '_unet', hiding the error."""
+    from style_components import inject
+    inputs, base = plain
+    made = []
+
+    def failing_term(*args):
+        if len(made) == 5:
+            raise RuntimeError("out of memory")
+        made.append(1)
+        return real(*args)
+
+    real = inject._StyleTerm
+    monkeypatch.setattr(inject, "_StyleTerm", failing_term)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        apply(sd15_ldm, adapter_for(sd15_ldm), torch.randn(1, 30))
+    assert not any(l.module._forward_hooks for l in find_attn2(sd15_ldm))
+    assert torch.equal(run_ldm(sd15_ldm, inputs), base)

@@ -99,3 +99,15 @@ def test_sgm_style_sdxl_layout_matches_diffusers_sdxl():
         assert layer.module.to_v.weight.shape == twin.module.to_v.weight.shape
     assert [l.name.split(".transformer_blocks")[0] for l, w in zip(sgm_like, preset_weights("style", sgm_like)) if w] \
         == ["output_blocks.1.1"] * 10  # up_blocks.0.attentions.1 in diffusers terms
+
+
+def test_a_wrapper_around_an_ldm_unet_is_refused_naming_the_unet_inside():
+    """Found in review: A1111's sd_model.model (a DiffusionWrapper holding .diffusion_model) showed
+    only its middle block, and the error called the UNet a "1-LAYER" model."""
+    class DiffusionWrapper(torch.nn.Module):
+        def __init__(self, unet):
+            super().__init__()
+            self.diffusion_model = unet
+
+    with pytest.raises(IncompatibleModelError, match=r"pass the UNetModel inside it \(\.diffusion_model"):
+        find_attn2(DiffusionWrapper(ldm_unet(device="meta")))
