@@ -17,10 +17,10 @@
         "copy": "Copy the text vector to the clipboard.",
         "preset": "Set the sliders from a named preset (build presets in the Style Components tab).",
         "preset_refresh": "Rescan the presets folder.",
-        "ref_images": "Reference images whose style is extracted.",
+        "ref_images": "Reference images. While images are here, they decide the style of each generation (the sliders are not read); Extract moves their style onto the sliders and empties this box.",
         "ref_weights": "One weight per reference image (blank: equal weights).",
         "refs": "A note on the references, written to the image's infotext.",
-        "extract": "Extract the style of the reference images into the sliders.",
+        "extract": "Set the sliders to the reference images' style and empty the box, so that the sliders take over.",
         "blocks": "Which UNet blocks receive the style: all, style only (InstantStyle), texture, composition, or custom weights.",
         "block_weights": "Custom per-layer weights, one per cross-attention layer (16 for SD1, 70 for SDXL).",
         "start": "Fraction of the sampling steps after which the style starts (applied to each pass, hires fix included).",
@@ -30,7 +30,9 @@
     function addTips() {
         for (const tab of ["txt2img", "img2img"]) {
             for (const [key, text] of Object.entries(tips)) {
-                const el = gradioApp().getElementById(`style_components_${tab}_${key}`);
+                let el = gradioApp().getElementById(`style_components_${tab}_${key}`);
+                // the accordion's header, not its container: children would inherit the tooltip
+                if (el && key === "enabled") el = el.querySelector(".label-wrap");
                 if (el && !el.title) el.title = text;
             }
             for (let i = 1; i <= 64; i++) {

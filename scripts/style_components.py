@@ -5,6 +5,8 @@ Every decision is made in the core package (style_components.webui, .session, .r
 only, and nothing heavy is loaded until a generation or a UI action needs a model.
 """
 
+import functools
+import importlib.util
 import os
 import sys
 
@@ -20,6 +22,20 @@ from style_components.params import BLOCK_PRESETS, random_components  # noqa: E4
 TITLE = "Style Components"
 SECTION = ("style_components", TITLE)
 XYZ_COMPONENTS = 30
+
+
+def on_forge() -> bool:
+    """Forge keeps its UNet elsewhere (forge_objects) and patches attention its own way."""
+    try:
+        return importlib.util.find_spec("modules_forge") is not None
+    except ValueError:  # in sys.modules without a spec
+        return True
+
+
+FORGE = on_forge()
+if FORGE:
+    print(f"{TITLE}: this extension is for AUTOMATIC1111 WebUI and stays off on Forge; "
+          "on Forge use the original author's sd-webui-forge-style-components.")
 
 
 def _opt(name, default):
@@ -64,7 +80,7 @@ class StyleComponentsScript(scripts.Script):
         return TITLE
 
     def show(self, is_img2img):
-        return scripts.AlwaysVisible
+        return False if FORGE else scripts.AlwaysVisible
 
     # -- generation ---------------------------------------------------------------------
     def process(self, p, *args):
@@ -174,7 +190,7 @@ class StyleComponentsScript(scripts.Script):
                 values = random_components(int(seed_value), k)
             return " ".join(f"{v:g}" for v in list(values)[:k])
 
-        def on_extract(name, files, weights, progress=gr.Progress()):
+        def on_extract(name, files, weights, note, progress=gr.Progress()):
             progress(0.1, desc="Loading extractor")
             loaded = registry.load(name)
             args = [{"enabled": True, "model": name, "ref_images": list(files or []), "ref_weights": weights or ""}]
@@ -182,7 +198,9 @@ class StyleComponentsScript(scripts.Script):
             progress(0.4, desc="Extracting style")
             params = webui._from_references(parsed.params, loaded, parsed, load_extractor)
             values = list(params.components)
-            return [f"Extracted from {len(parsed.ref_images)} image(s)."] + [
+            # the box is emptied: images left in it would decide the style and the sliders go unread
+            return [f"Extracted from {len(parsed.ref_images)} image(s): the sliders hold their style.",
+                    gr.update(value=None), note or webui.reference_note(files)] + [
                 values[i] if i < len(values) else 0.0 for i in range(sargs.MAX_COMPONENTS)]
 
         def on_preset(name):
@@ -201,7 +219,8 @@ class StyleComponentsScript(scripts.Script):
         import_btn.click(on_import, inputs=[vector], outputs=sliders)
         export_btn.click(on_export, inputs=[model, random, seed] + sliders, outputs=[vector])
         copy_btn.click(None, inputs=[vector], _js="styleComponentsCopy")
-        extract_btn.click(on_extract, inputs=[model, ref_images, ref_weights], outputs=[extract_msg] + sliders)
+        extract_btn.click(on_extract, inputs=[model, ref_images, ref_weights, refs],
+                          outputs=[extract_msg, ref_images, refs] + sliders)
 
         controls = [enabled, model, multiplier, strength, random, seed, blocks, block_weights, start, end,
                     ref_images, ref_weights, refs] + sliders
@@ -329,12 +348,22 @@ def infotext_fields():
             text = d.get(sargs.INFOTEXT_KEY)
             if not text:
                 return False if name == "enabled" else None
-            values, problems = sargs.controls_from_infotext(text)
-            for problem in problems:
-                print(f"Style Components: infotext: {problem}")
-            return values.get(name)
+            return _controls(text).get(name)
         return read
     return [(name, field(name)) for name in sargs.ALL_NAMES]
+
+
+@functools.lru_cache(maxsize=1)  # every control's reader reads the same text: parse and report once
+def _controls(text):
+    values, problems = sargs.controls_from_infotext(text, find_model)
+    for problem in problems:
+        print(f"Style Components: infotext: {problem}")
+    return values
+
+
+def find_model(name, model_hash):
+    info = registry.find(name, model_hash)
+    return info.name if info is not None else None
 
 
 INFOTEXT_READERS = infotext_fields()
@@ -392,8 +421,9 @@ def on_script_unloaded():
     release_models()
 
 
-script_callbacks.on_cfg_denoiser(on_cfg_denoiser)
-script_callbacks.on_ui_settings(on_ui_settings)
-script_callbacks.on_before_ui(on_before_ui)
-script_callbacks.on_script_unloaded(on_script_unloaded)
-script_callbacks.on_ui_tabs(on_ui_tabs)
+if not FORGE:
+    script_callbacks.on_cfg_denoiser(on_cfg_denoiser)
+    script_callbacks.on_ui_settings(on_ui_settings)
+    script_callbacks.on_before_ui(on_before_ui)
+    script_callbacks.on_script_unloaded(on_script_unloaded)
+    script_callbacks.on_ui_tabs(on_ui_tabs)

@@ -71,7 +71,8 @@ class Adapter(nn.Module):
         return self.ip_adapter[str(key)]
 
     def null_input(self, n: int = 1) -> torch.Tensor:
-        """The "no style" input condition dropout trained on: zeros, not the mean style."""
+        """The "no style" input condition dropout trained on: zeros. For an embedding input that
+        is not the mean style; for a components input (d_in == K) it is the mean style too."""
         return torch.zeros(n, self.d_in)
 
     def forward(self, style_input: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,8 @@ extractor that turns reference images into embeddings of that space. Files are r
 by their safetensors `format` metadata (read from the header alone: no tensor is loaded,
 no torch import) or, for files without it (the original release's adapter), by name:
 `<name>.space.safetensors`, `<name>.adapter.safetensors`, `<name>.extractor.safetensors`
-(also with `_` or `-` before the kind, and `pca` for a space, `ip-adapter` for an adapter).
+(also with `_` or `-` before the kind, an optional `style` before it, `pca` for a space,
+`ip-adapter` for an adapter).
 Files of one model share `<name>`; a lone space or extractor in a folder serves every
 adapter of that folder.
 """
@@ -23,12 +24,12 @@ from typing import Iterable
 KINDS = ("space", "adapter", "extractor")
 FORMATS = {"style-components-space": "space", "style-components-adapter": "adapter",
            "style-components-extractor": "extractor"}
-_NAME_KIND = [
-    ("space", re.compile(r"^(?P<name>.*?)[._-]?(?:style[._-]?)?(?:space|pca)$", re.I)),
-    ("extractor", re.compile(r"^(?P<name>.*?)[._-]?(?:extractor|embedder)$", re.I)),
-    ("adapter", re.compile(r"^(?P<name>.*?)[._-]?(?:ip[._-]?)?adapter$", re.I)),
-]
+# `<name>[.-_][style.-_]<kind word>`: "anime_style_adapter" and "anime_style_space" group as "anime"
+_NAME_KIND = [(kind, re.compile(rf"^(?P<name>.+?)[._-]?(?:style[._-]?)?(?:{words})$", re.I))
+              for kind, words in (("space", "space|pca"), ("extractor", "extractor|embedder"),
+                                  ("adapter", r"(?:ip[._-]?)?adapter"))]
 _MAX_HEADER = 100 << 20
+MAX_SLIDERS = 64  # an adapter input wider than this is an embedding: it needs its style space
 
 
 # adapters whose metadata names a base model the WebUI cannot load
@@ -198,6 +199,10 @@ class Registry:
                 from .space import StyleSpace
                 self.loaded = None
                 adapter = Adapter.load(info.adapter)
+                if info.space is None and adapter.d_in > MAX_SLIDERS:
+                    raise StyleComponentsError(
+                        f"style model {name!r}: its adapter takes {adapter.d_in}-d embeddings and no style space "
+                        f"was found beside it (put it in {info.adapter.parent} as {name}.space.safetensors)")
                 space = StyleSpace.load(info.space) if info.space is not None else None
                 self.loaded = LoadedModel(info, adapter, space)
             return self.loaded

@@ -6,10 +6,11 @@ Positional form (what the UI's controls send, in this order, and what the API's
     enabled, model, multiplier, strength, random, seed, blocks, block_weights,
     start, end, ref_images, ref_weights, refs, c1, c2, ..., c{MAX_COMPONENTS}
 
-Dict form (API): `"args": [{"enabled": true, "components": [0.5, -1], "strength": 0.8}]`:
-a single dict as the first argument, keys from ARG_NAMES plus `components` (a list);
-missing keys take their defaults. Unknown keys or values of the wrong type raise
-ArgumentError naming the argument, so that an API caller is never silently ignored.
+Dict form (API): `"args": [{"components": [0.5, -1], "strength": 0.8}]`: a single dict as
+the first argument, keys from ARG_NAMES plus `components` (a list); missing keys take their
+defaults, except `enabled`: a dict turns the extension on unless it says `"enabled": false`.
+Unknown keys or values of the wrong type raise ArgumentError naming the argument, so that an
+API caller is never silently ignored.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
+from .models import MAX_SLIDERS
 from .params import BLOCK_PRESETS, StyleParams, format_number
 from .session import ArgumentError
 
-MAX_COMPONENTS = 64
+MAX_COMPONENTS = MAX_SLIDERS
 INFOTEXT_KEY = "Style components"
 
 # (name, default, kind) in positional order, before the components
@@ -64,12 +66,14 @@ def defaults() -> list:
 def enabled(args: Sequence) -> bool:
     """Whether the arguments switch the extension on (the switch alone is checked)."""
     args = list(args)
-    given = args[0] if args and isinstance(args[0], Mapping) else dict(zip(ALL_NAMES, args))
-    return _check("enabled", given.get("enabled", DEFAULTS["enabled"]))
+    if args and isinstance(args[0], Mapping):
+        return _check("enabled", args[0].get("enabled", True))
+    return _check("enabled", dict(zip(ALL_NAMES, args)).get("enabled", DEFAULTS["enabled"]))
 
 
-def parse(args: Sequence) -> ScriptArgs:
-    """The script's arguments, positional or as one dict, checked; raises ArgumentError."""
+def parse(args: Sequence, check: bool = False) -> ScriptArgs:
+    """The script's arguments, positional or as one dict, checked; raises ArgumentError.
+    The settings' ranges are checked when they switch the extension on, or with check."""
     args = list(args)
     if args and isinstance(args[0], Mapping):
         values = _from_dict(args[0])
@@ -79,6 +83,8 @@ def parse(args: Sequence) -> ScriptArgs:
         values = dict(zip(ALL_NAMES, defaults()))
         for name, value in zip(ALL_NAMES, args):
             values[name] = value
+    if values["random"] is False and values["seed"] is None:
+        values["seed"] = DEFAULTS["seed"]  # an emptied seed box is not read while Random is off
     v = {name: _check(name, values[name]) for name in ALL_NAMES}
     components = [v[c] for c in COMPONENT_NAMES]
     while components and components[-1] == 0.0:
@@ -94,7 +100,7 @@ def parse(args: Sequence) -> ScriptArgs:
     weights = v["ref_weights"]
     if images and weights and len(weights) != len(images):
         raise ArgumentError(f"ref_weights: {len(weights)} weights for {len(images)} reference images")
-    if v["enabled"]:
+    if v["enabled"] or check:
         problems = params.validate()
         if problems:
             raise ArgumentError("; ".join(problems))
@@ -106,7 +112,7 @@ def _from_dict(d: Mapping) -> dict:
     unknown = sorted(str(k) for k in d if k not in known)
     if unknown:
         raise ArgumentError(f"unknown argument {unknown[0]!r}; known: {', '.join(ARG_NAMES)}, components")
-    values = dict(zip(ALL_NAMES, defaults()))
+    values = dict(zip(ALL_NAMES, defaults()), enabled=True)
     if "components" in d:
         comps = d["components"]
         if isinstance(comps, str):
@@ -186,11 +192,16 @@ def to_positional(params: StyleParams, enabled: bool = True) -> list:
     return [values[n] for n in ALL_NAMES]
 
 
-def controls_from_infotext(text: str | None) -> tuple[dict, list[str]]:
-    """Control values (by argument name) from the infotext entry; ({}, []) when absent."""
+def controls_from_infotext(text: str | None, find_model=None) -> tuple[dict, list[str]]:
+    """Control values (by argument name) from the infotext entry; ({}, []) when absent.
+    find_model(name, hash) -> local name or None: a renamed model file is found by its hash."""
     if not text:
         return {"enabled": False}, []
     params, problems = StyleParams.parse(text)
+    local = find_model(params.model, params.model_hash) if find_model is not None and params.model else None
+    if local and local != params.model:
+        problems.append(f"model {params.model!r} is here as {local!r} (same file hash {params.model_hash})")
+        params = replace(params, model=local)
     if len(params.components) > MAX_COMPONENTS:  # a paste never raises into the host
         problems.append(f"{len(params.components)} components, the UI has {MAX_COMPONENTS} sliders: "
                         f"the last {len(params.components) - MAX_COMPONENTS} are not restored")

@@ -38,8 +38,14 @@ def unet_of(p):
     return p.sd_model.model.diffusion_model
 
 
+_open: list[Generation] = []  # the job that last started: A1111 runs one at a time
+
+
 def cleanup_unet(p) -> None:
-    """Remove every style hook from p's UNet (one left by a job that crashed outside sampling)."""
+    """Remove every style hook from p's UNet (one left by a job that crashed outside sampling),
+    and those of the last job, wherever they are (a refiner's UNet)."""
+    while _open:
+        _open.pop().close()
     try:
         remove_all(unet_of(p))
     except AttributeError:
@@ -48,8 +54,8 @@ def cleanup_unet(p) -> None:
 
 def begin_job(p, args: Sequence, registry, warn: Callable[[str], None] = print,
               load_extractor: Callable | None = None) -> Generation | None:
-    """Read the script's arguments and load the model; None when disabled. (The infotext is
-    written when a pass takes the style, see `_record`.)
+    """Read the script's arguments and load the model; None when disabled. (The infotext entry
+    is written here, for params.txt, and kept or taken back when a pass starts: `_record`.)
 
     A wrong argument or a missing model does not raise here (A1111 would only log it): it is
     kept on p and raised when sampling starts, so that the API caller and the UI get the error.
@@ -57,25 +63,32 @@ def begin_job(p, args: Sequence, registry, warn: Callable[[str], None] = print,
     cleanup_unet(p)
     setattr(p, ATTR, None)
     setattr(p, ERROR_ATTR, None)
+    overrides = getattr(p, XYZ_ATTR, None)
     try:
-        if not sargs.enabled(args):
+        if not (sargs.enabled(args) or overrides):
             # off means off: a stale or half-typed control (an emptied seed box, a typo in the
-            # layer weights) must not stop generations the extension takes no part in
+            # layer weights) must not stop generations the extension takes no part in.
+            # An XYZ style axis turns it on: a grid labelled with style values asks for the style
             return None
-        parsed = sargs.parse(args)
-        params = sargs.apply_overrides(parsed.params, getattr(p, XYZ_ATTR, None))
-        model = registry.load(params.model)
+        parsed = sargs.parse(args, check=True)
+        params = parsed.params
+        model = registry.load(sargs.apply_overrides(params, overrides).model)
         if parsed.ref_images:
             # A1111 sets p.is_api for /sdapi calls: an API caller must not read the server's files
             params = _from_references(params, model, parsed, load_extractor,
                                       allow_paths=not getattr(p, "is_api", False))
-        params = finalize(params, model)
+        # after the references: an XYZ component axis moves the extracted style
+        params = finalize(sargs.apply_overrides(params, overrides), model)
     except Exception as e:  # e.g. an uploaded file that is no image: never an unstyled image instead
         setattr(p, ERROR_ATTR, f"Style Components: {_describe(e)}")
         warn(getattr(p, ERROR_ATTR))
         return None
     gen = Generation(params, model, warn=lambda m: _tell(p, m, warn))
     setattr(p, ATTR, gen)
+    _open.append(gen)
+    # written now for params.txt (A1111 writes it before sampling; "Read generation parameters"
+    # pastes it); `_record` takes it back if no pass takes the style
+    p.extra_generation_params[sargs.INFOTEXT_KEY] = infotext_entry(params, model.k)
     return gen
 
 
@@ -91,12 +104,15 @@ def _record(p, gen: Generation) -> None:
 def infotext_entry(params, k: int):
     """The infotext value, with the slider values a random style drew, so that "Send to txt2img"
     puts them on the sliders to adjust. Per image for seed -1: a function A1111's
-    create_infotext calls with the image's `all_seeds` and `index` (as v1.10 documents)."""
+    create_infotext calls with its locals (as v1.10 documents). The grid's infotext
+    (use_main_prompt) is the first image's, as its Seed is: p.all_seeds[0], while all_seeds
+    there holds only the last batch's seeds."""
     def text(image_seed=None):
         return replace(params, components=params.slider_values(k, image_seed)).to_infotext()
     if params.seed != SEED_PER_IMAGE:
         return text()
-    return lambda all_seeds, index, **_: text(all_seeds[index])
+    return lambda p, all_seeds, index, use_main_prompt=False, **_: text(
+        p.all_seeds[0] if use_main_prompt else all_seeds[index])
 
 
 def finalize(params, model):
@@ -275,6 +291,17 @@ def decode_image(source, allow_paths: bool = True):
     raise StyleComponentsError(f"ref_images: cannot read an image from {type(source).__name__}")
 
 
+def reference_note(files) -> str:
+    """The infotext's note on reference images given as files: their names, else their count."""
+    names = [Path(str(f.get("orig_name") or f.get("name") if isinstance(f, dict) else getattr(f, "name", f))).name
+             for f in files or ()]
+    return " + ".join(names) if names and all(names) else _count_note(len(names))
+
+
+def _count_note(n: int) -> str:
+    return f"{n} reference image{'s' if n != 1 else ''}"
+
+
 def _from_references(params, model, parsed, load_extractor, allow_paths: bool = True):
     images = [decode_image(s, allow_paths) for s in parsed.ref_images]  # a path is refused first
     if model.space is None or model.info.extractor is None:
@@ -285,5 +312,4 @@ def _from_references(params, model, parsed, load_extractor, allow_paths: bool = 
     extractor = load_extractor(model.info.extractor)
     embedding = extractor.embed(images, list(parsed.ref_weights) or None)
     components = model.space.to_components(embedding.reshape(-1)).tolist()
-    note = params.refs or f"{len(images)} reference image{'s' if len(images) != 1 else ''}"
-    return replace(with_components(params, components), refs=note)
+    return replace(with_components(params, components), refs=params.refs or _count_note(len(images)))

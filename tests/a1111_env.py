@@ -63,7 +63,7 @@ def build_env(unet, tmp_path_factory, context_dim: int = 768):
     module = load_script(models)
     from modules import errors, processing, shared
     return dict(module=module, unet=unet, adapter=adapter, space=space, processing=processing, shared=shared,
-                errors=errors, context_dim=context_dim)
+                errors=errors, context_dim=context_dim, models=models)
 
 
 def reset(env):

@@ -114,6 +114,34 @@ def test_scan_groups_by_metadata_and_name(tmp_path):
     assert found["photo"].space is None and found["photo"].extractor is None
 
 
+def test_a_style_word_before_the_kind_groups_every_file(tmp_path):
+    """Found in review: "anime_style_space" grouped as "anime" but "anime_style_adapter" as
+    "anime_style", so with two models in a folder neither found its space."""
+    for name in ("anime", "real"):
+        for kind in ("adapter", "space", "extractor"):
+            _write(tmp_path / f"{name}_style_{kind}.safetensors")
+    found = models.scan([tmp_path])
+    assert sorted(found) == ["anime", "real"]
+    for name in ("anime", "real"):
+        assert found[name].space.name == f"{name}_style_space.safetensors"
+        assert found[name].extractor.name == f"{name}_style_extractor.safetensors"
+    assert models.classify("style.adapter.safetensors") == ("adapter", "style")  # "style" alone is a name
+
+
+def test_an_embedding_adapter_without_its_space_is_a_clear_error(tmp_path, sd15_ldm_meta_adapter):
+    """An adapter taking 768-d embeddings has no sliders without its space: before, 64 sliders
+    drove the first 64 embedding dimensions, silently."""
+    from style_components.adapter import Adapter
+    from style_components.errors import StyleComponentsError
+    adapter, space = sd15_ldm_meta_adapter
+    wide = Adapter(768, adapter.cross_dim, adapter.inner_dims, tokens=1)
+    wide.save(tmp_path / "wide.adapter.safetensors")
+    with pytest.raises(StyleComponentsError, match=r"768-d embeddings and no style space .* wide.space.safetensors"):
+        models.Registry([tmp_path]).load("wide")
+    adapter.save(tmp_path / "narrow.adapter.safetensors")  # 30 components, taken directly: fine alone
+    assert models.Registry([tmp_path]).load("narrow").k == adapter.d_in
+
+
 def test_metadata_is_read_from_the_header_only(tmp_path):
     _write(tmp_path / "m.safetensors", "style-components-space")
     assert models.read_metadata(tmp_path / "m.safetensors") == {"format": "style-components-space"}
@@ -132,9 +160,15 @@ def test_registry_refresh_find_by_hash_and_unload(tmp_path, sd15_ldm_meta_adapte
     assert info is loaded.info
     with pytest.raises(Exception, match="style model 'other' not found \\(known: demo\\)"):
         reg.load("other")
+    reg.unload()
+    assert reg.loaded is None
+    again = reg.load("demo")  # a fresh load from the file, not the model unload dropped
+    assert again is not loaded and reg.loaded is again and again.k == 30
+    assert torch.equal(again.adapter.layer(1).to_v_ip.weight, loaded.adapter.layer(1).to_v_ip.weight)
     (tmp_path / "demo.adapter.safetensors").unlink()
     assert reg.refresh() == [] and reg.loaded is None
     reg.unload()
+    assert reg.loaded is None
 
 
 def test_space_layout_reads_k_and_labels_from_the_header_only(tmp_path):

@@ -52,11 +52,15 @@ def test_a_switched_off_extension_ignores_its_other_controls(env):
     """Found in review: with the accordion off, an emptied style seed box (gradio's Number sends
     None) or a typo in the custom layer weights stopped every generation."""
     _, bare = generate(env, None)
-    for bad in (dict(seed=None), dict(blocks="custom", block_weights="1 1 x")):
+    for bad in (dict(random=True, seed=None), dict(blocks="custom", block_weights="1 1 x")):
         _, off = generate(env, args(enabled=False, **bad))
         assert torch.equal(off.images[0], bare.images[0]) and sargs.INFOTEXT_KEY not in off.info
         with pytest.raises(StyleComponentsError):
             generate(env, args(**bad))
+    # nor is the seed box read while Random is off (found in review: emptied, it stopped the job)
+    _, typed = generate(env, args(components=[1.0] * 30))
+    _, emptied = generate(env, args(components=[1.0] * 30, seed=None))
+    assert torch.equal(typed.images[0], emptied.images[0]) and typed.info == emptied.info
     assert_unet_clean(env)
 
 
@@ -130,6 +134,47 @@ def test_random_per_image_style_round_trip_and_batch_count(env):
     assert close(fixed.images[0], res.images[3])
 
 
+def test_the_grid_infotext_is_the_first_images(env):
+    """Found in review: A1111 builds the grid's infotext with the *last* batch's seeds and index
+    0 (use_main_prompt), and its Seed with p.all_seeds[0]; a per-image random style must follow
+    the Seed, or "Send to txt2img" from the grid (the gallery's first item) pastes another style."""
+    from modules.shared import opts
+    opts.data["return_grid"] = True
+    try:
+        p, res = generate(env, args(random=True, seed=-1), batch_size=1, n_iter=2)
+    finally:
+        opts.data["return_grid"] = False
+    assert len(res.infotexts) == 3  # grid, image 1, image 2
+    grid, first = (dict(zip(sargs.ALL_NAMES, paste(env, t))) for t in res.infotexts[:2])
+    assert f"Seed: {p.all_seeds[0]}," in res.infotexts[0]
+    assert [grid[c] for c in sargs.COMPONENT_NAMES] == [first[c] for c in sargs.COMPONENT_NAMES]
+    assert res.infotexts[1] != res.infotexts[2]
+
+
+def test_params_txt_holds_the_style_for_read_generation_parameters(env):
+    """A1111 writes params.txt before sampling; the paste button reads it when the prompt is
+    empty (infotext_utils.connect_paste). Without the entry there, pasting turned the style off."""
+    import os
+    from modules import paths
+    p, res = generate(env, args(strength=0.6, components=[0.5] * 30))
+    with open(os.path.join(paths.data_path, "params.txt"), encoding="utf8") as f:
+        saved = f.read()
+    restored = dict(zip(sargs.ALL_NAMES, paste(env, saved)))
+    assert restored["enabled"] is True and restored["strength"] == 0.6 and restored["c1"] == 0.5
+    assert saved.splitlines()[-1] == res.info.splitlines()[-1]
+
+
+def test_a_renamed_model_file_is_found_by_the_hash_in_the_infotext(env, capsys):
+    _, res = generate(env, args(components=[0.5] * 30))
+    renamed = res.info.replace("model: demo [", "model: demo-old-name [")
+    restored = dict(zip(sargs.ALL_NAMES, paste(env, renamed)))
+    assert restored["model"] == "demo"
+    assert capsys.readouterr().out.count("is here as 'demo'") == 1  # said once, not once per control
+    gone = res.info.replace("model: demo [", "model: other [").replace(
+        "[" + env["module"].registry.find("demo").hash, "[00000000")
+    assert dict(zip(sargs.ALL_NAMES, paste(env, gone)))["model"] == "other"  # kept: the error will name it
+
+
 def test_paste_without_the_key_disables_and_leaves_other_controls(env):
     restored = paste(env, "a castle\nNegative prompt: blurry\nSteps: 2, Seed: 3")
     assert restored[0] is False and all(v is None for v in restored[1:])
@@ -144,6 +189,13 @@ def test_api_dict_and_positional_forms_are_equivalent(env):
     _, b = generate(env, as_dict)
     assert torch.equal(a.images[0], b.images[0]) and a.info == b.info
     assert sargs.parse([{"enabled": True, "seed": 7}]).params.seed == 7  # a seed alone asks for random
+    # a dict is a request for the style: without "enabled" it is on (found in review: it was
+    # silently off), and "enabled": false turns it off
+    _, implicit = generate(env, [{"model": "demo", "strength": 0.8, "components": comps}])
+    assert torch.equal(implicit.images[0], a.images[0]) and implicit.info == a.info
+    _, off = generate(env, [{"enabled": False, "model": "demo", "components": comps}])
+    _, bare = generate(env, None)
+    assert torch.equal(off.images[0], bare.images[0])
     with pytest.raises(StyleComponentsError, match=f"at most {sargs.N_ARGS} arguments"):
         sargs.parse([True] * (sargs.N_ARGS + 1))
 
@@ -190,6 +242,11 @@ def test_reference_images_as_base64_fill_the_components(env, monkeypatch):
         p, res = generate(env, [{"enabled": True, "model": "demo", "ref_images": [b64, b64[22:]],
                                  "ref_weights": [1, 3]}])
         first = dict(seen)
+        # references decide the style; an XYZ component axis then moves it (found in review: the
+        # references overwrote the axis' value, so every cell of the grid was the same image)
+        _, moved = generate(env, [{"model": "demo", "ref_images": [b64]}], style_components_xyz={"component 3": 2.0})
+        moved_values = dict(zip(sargs.ALL_NAMES, paste(env, moved.info)))
+        assert [round(moved_values[c], 4) for c in sargs.COMPONENT_NAMES[:4]] == [0.5, 0.5, 2.0, 0.5]
         with pytest.raises(StyleComponentsError, match="neither a file nor a base64"):
             generate(env, [{"enabled": True, "model": "demo", "ref_images": ["not an image"]}])
         # a server file path: fine from the UI (gradio hands uploads over as temp files), refused from the API
@@ -240,6 +297,23 @@ def test_xyz_axes_are_registered_and_override_the_values(env):
     res = proc.process_images(p)
     restored = dict(zip(sargs.ALL_NAMES, paste(env, res.info)))
     assert restored["strength"] == 0.5 and restored["c3"] == 2.0 and restored["c2"] == 0.0
+    # the image is the one the same values typed in give
+    _, typed = generate(env, args(strength=0.5, components=[0, 0, 2.0]), seed=1, prompt="a", negative_prompt="")
+    assert torch.equal(typed.images[0], res.images[0]) and typed.info == res.info
+
+    def xyz_cell(script_args, **values):
+        p = proc.StableDiffusionProcessingTxt2Img(
+            sd_model=proc.StandinSDModel(env["unet"], context_dim=64), prompt="a castle",
+            negative_prompt="blurry", seed=1, steps=1, scripts=__import__("a1111_env").runner(env["module"]),
+            script_args=[None] + script_args)
+        for label, value in values.items():
+            axis[label].apply(p, value, [value])
+        return proc.process_images(p)
+    # an XYZ style axis turns the extension on: a grid labelled with style values asks for them
+    off = xyz_cell(args(enabled=False, multiplier=1.0), **{"Style multiplier": 2.0, "Style component 1": 1.0})
+    _, want = generate(env, args(multiplier=2.0, components=[1.0]), seed=1)
+    assert torch.equal(off.images[0], want.images[0]) and off.info == want.info
+    assert_unet_clean(env)
 
 
 def test_settings_are_registered(env):
@@ -437,3 +511,44 @@ def test_unet_calls_that_match_no_step_are_unstyled_and_reported(env, monkeypatc
         assert not p.comments
     assert not torch.equal(res.images[0], bare.images[0]) and sargs.INFOTEXT_KEY + ": " in res.info
     _assert_clean(env["unet"])
+
+
+def test_on_forge_the_script_stays_off_and_says_why(env, tmp_path, monkeypatch, capsys):
+    """Forge keeps its UNet in forge_objects (no sd_model.model.diffusion_model): the script must
+    not show up and fail every generation there; it says once which extension to use."""
+    import sys
+    import types
+    from a1111_env import load_script
+    from modules import script_callbacks
+    forge = types.ModuleType("modules_forge")
+    forge.__spec__ = types.SimpleNamespace(name="modules_forge")
+    monkeypatch.setitem(sys.modules, "modules_forge", forge)
+    try:
+        module = load_script(tmp_path)
+        assert module.FORGE and module.StyleComponentsScript().show(False) is False
+        assert "sd-webui-forge-style-components" in capsys.readouterr().out
+        assert not script_callbacks.callbacks["cfg_denoiser"]
+    finally:
+        monkeypatch.delitem(sys.modules, "modules_forge")
+        env["module"] = load_script(env["models"])
+    assert not env["module"].FORGE
+
+
+def test_a_job_that_died_before_sampling_leaves_no_hook_for_the_next(env, monkeypatch):
+    """Found in review: the UNet pre-hook of a pass whose sampler never ran (an error between
+    process_before_every_sampling and the sampler call) stayed on the UNet into later jobs."""
+    from modules import scripts
+    hook = scripts.ScriptRunner.process_before_every_sampling
+
+    def then_dies(self, p, **kwargs):  # e.g. txt2img_image_conditioning(x), an argument of the sampler call
+        hook(self, p, **kwargs)
+        raise RuntimeError("boom before the sampler")
+    with monkeypatch.context() as m:
+        m.setattr(scripts.ScriptRunner, "process_before_every_sampling", then_dies)
+        with pytest.raises(RuntimeError, match="boom"):
+            generate(env, args(components=[1.0] * 30))
+    assert env["unet"]._forward_pre_hooks  # left behind: A1111 calls no script hook after the error
+    _, bare = generate(env, None)
+    _, off = generate(env, args(enabled=False))
+    assert not env["unet"]._forward_pre_hooks
+    assert torch.equal(off.images[0], bare.images[0])

@@ -93,7 +93,7 @@ def callbacks(tmp_path_factory):
     env = a1111_env.build_env(ldm_unet(device="meta"), tmp_path_factory)
     with gr.Blocks() as demo:
         env["module"].StyleComponentsScript().ui(False)
-    return {f.fn.__name__: f.fn for f in demo.fns if f.fn is not None}
+    return {f.fn.__name__: f.fn for f in demo.fns if f.fn is not None} | {"env": env}
 
 
 def test_choosing_a_model_shows_its_k_sliders_with_the_space_labels(callbacks):
@@ -139,3 +139,37 @@ def test_sliders_at_page_load_match_the_default_model(tmp_path_factory):
     assert sliders[0].label == "label 0" and sliders[9].label == "label 9"
     assert sliders[10].label == "Style component 11"
     assert module.registry.loaded is None  # read from the header: no model loaded to build the page
+
+
+def test_extract_puts_the_style_on_the_sliders_and_empties_the_box(callbacks, monkeypatch, tmp_path):
+    """Found in review: images left in the box decide every later generation, so after Extract
+    the slider moves, Random and XYZ component axes had no effect. Extract now empties the box
+    and notes the files for the infotext."""
+    import torch
+    from PIL import Image
+    from style_components import files
+    env = callbacks["env"]
+
+    class FakeExtractor:  # the real one is tested in test_extract.py; here only the wiring matters
+        def embed(self, images, weights):
+            assert [im.size for im in images] == [(8, 8), (8, 8)] and weights == [1.0, 3.0]
+            return env["space"].to_embedding(torch.tensor([0.5] * 30))
+
+    module = env["module"]
+    monkeypatch.setattr(module, "load_extractor", lambda path: FakeExtractor())
+    folder = module.registry.find("demo").adapter.parent
+    files.write(folder / "demo.extractor.safetensors", {"x": torch.zeros(1)}, {"format": "style-components-extractor"})
+    module.registry.refresh()
+    paths = []
+    for name in ("warm.png", "cool.png"):
+        Image.new("RGB", (8, 8), (200, 30, 30)).save(tmp_path / name)
+        paths.append(str(tmp_path / name))
+    try:
+        message, box, note, *sliders = callbacks["on_extract"]("demo", paths, "1 3", "", progress=lambda *a, **k: None)
+        _, _, kept, *_ = callbacks["on_extract"]("demo", paths, "1 3", "my note", progress=lambda *a, **k: None)
+    finally:
+        (folder / "demo.extractor.safetensors").unlink()
+        module.registry.refresh()
+    assert "2 image(s)" in message and box == gr.update(value=None)
+    assert note == "warm.png + cool.png" and kept == "my note"  # the user's own note is kept
+    assert [round(v, 4) for v in sliders[:30]] == [0.5] * 30 and sliders[30:] == [0.0] * (sargs.MAX_COMPONENTS - 30)

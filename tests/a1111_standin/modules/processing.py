@@ -7,11 +7,12 @@ in v1.10 (a property): a refiner or hires checkpoint changes it mid-job.
 Differences, for speed: no VAE (images are the final latents), text conditioning is a seeded
 random tensor per prompt (77 tokens per 75 words, AND-parts split), and the sampler is Euler."""
 import hashlib
+import os
 import zlib
 
 import torch
 
-from modules import errors, infotext_utils, prompt_parser, sd_models, sd_samplers, shared
+from modules import errors, infotext_utils, paths, prompt_parser, sd_models, sd_samplers, shared
 from modules.shared import opts, state
 
 
@@ -73,6 +74,7 @@ class StableDiffusionProcessing:
         prompts = self.prompt if isinstance(self.prompt, list) else [self.prompt] * n
         negatives = self.negative_prompt if isinstance(self.negative_prompt, list) else [self.negative_prompt] * n
         self.all_prompts, self.all_negative_prompts = prompts, negatives
+        self.main_prompt, self.main_negative_prompt = prompts[0], negatives[0]
         self.all_seeds = [int(self.seed) + i for i in range(n)]
         self.all_subseeds = list(self.all_seeds)
 
@@ -159,14 +161,22 @@ class Processed:
         self.seed = p.all_seeds[0]
 
 
-def create_infotext(p, all_prompts, all_seeds, all_subseeds, index=0, all_negative_prompts=None):
-    """v1.10's: process_images_inner calls it per image with the *batch's* prompts and seeds and
-    the index in the batch; an extra_generation_params value that is a list is indexed, one that
-    is callable is called with create_infotext's locals (as v1.10 documents)."""
+def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iteration=0, position_in_batch=0,
+                    use_main_prompt=False, index=None, all_negative_prompts=None):
+    """v1.10's signature and index rule: per image with the *batch's* prompts and seeds and the
+    index in the batch; for the grid (use_main_prompt) index 0 of the last batch, with Seed
+    p.all_seeds[0]; for params.txt (Processed.infotext) the job's lists at iteration 0. An
+    extra_generation_params value that is a list is indexed, one that is callable is called
+    with create_infotext's locals (as v1.10 documents)."""
+    if use_main_prompt:
+        index = 0
+    elif index is None:
+        index = position_in_batch + iteration * p.batch_size
     if all_negative_prompts is None:
         all_negative_prompts = p.all_negative_prompts
     generation_params = {"Steps": p.steps, "Sampler": p.sampler_name, "CFG scale": p.cfg_scale,
-                         "Seed": all_seeds[index], "Size": f"{p.width}x{p.height}", **p.extra_generation_params}
+                         "Seed": p.all_seeds[0] if use_main_prompt else all_seeds[index],
+                         "Size": f"{p.width}x{p.height}", **p.extra_generation_params}
     for key, value in generation_params.items():
         try:
             if isinstance(value, list):
@@ -178,7 +188,9 @@ def create_infotext(p, all_prompts, all_seeds, all_subseeds, index=0, all_negati
             generation_params[key] = None
     text = ", ".join(k if k == v else f"{k}: {infotext_utils.quote(v)}" for k, v in generation_params.items()
                      if v is not None)
-    return f"{all_prompts[index]}\nNegative prompt: {all_negative_prompts[index]}\n{text}".strip()
+    prompt = p.main_prompt if use_main_prompt else all_prompts[index]
+    negative = p.main_negative_prompt if use_main_prompt else all_negative_prompts[index]
+    return f"{prompt}\nNegative prompt: {negative}\n{text}".strip()
 
 
 def process_images(p) -> Processed:
@@ -214,6 +226,9 @@ def process_images_inner(p) -> Processed:
                 p.scripts.before_process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
                 p.scripts.process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
             p.setup_conds()
+            if n == 0:  # params.txt (what "Read generation parameters" pastes): Processed(p, []).infotext(p, 0)
+                with open(os.path.join(paths.data_path, "params.txt"), "w", encoding="utf8") as file:
+                    file.write(create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, comments=[]))
             samples = p.sample(conditioning=p.c, unconditional_conditioning=p.uc, seeds=p.seeds,
                                subseeds=p.subseeds, subseed_strength=0.0, prompts=p.prompts)
             if p.scripts is not None:
@@ -222,6 +237,10 @@ def process_images_inner(p) -> Processed:
                 images.append(samples[i])
                 infotexts.append(create_infotext(p, p.prompts, p.seeds, p.subseeds, index=i,
                                                  all_negative_prompts=p.negative_prompts))
+    if opts.return_grid and len(images) >= 2:  # the grid comes first (opts.grid_only_if_multiple)
+        images.insert(0, torch.cat(images[-p.batch_size:], -1))
+        infotexts.insert(0, create_infotext(p, p.prompts, p.seeds, p.subseeds, use_main_prompt=True,
+                                            all_negative_prompts=p.negative_prompts))
     res = Processed(p, images, infotexts)
     if p.scripts is not None:
         p.scripts.postprocess(p, res)

@@ -11,6 +11,7 @@ class Options:
         self.__dict__["data"] = dict(
             batch_cond_uncond=True, skip_early_cond=0.0, s_min_uncond_all=False, pad_cond_uncond=False,
             pad_cond_uncond_v0=False,
+            return_grid=False,  # A1111's default is True; tests of the grid turn it on (images shift by one)
         )
         self.__dict__["data_labels"] = {}
 
