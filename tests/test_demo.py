@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from style_components import cli
+from style_components import cli, demo
 from style_components.demo import DEMO_DIR, NAMES, DemoModels
 from style_components.generate import generate, scheduler
 
@@ -91,6 +91,68 @@ def test_generate_command_from_components_and_references(tmp_path, capsys):
     assert cli.main(["generate", "folder", "--ref", *map(str, refs), "--n", "1", "--steps", "4",
                      "--preset", "style", "--start", "0.2", "--out", str(out)]) == 0
     assert cli.main(["generate", "folder", "--components", "1", "--ref", "x.png", "--out", str(out)]) == 2
+
+
+STEPS = 3  # the style is switched per step, at progress 0, 1/3, 2/3
+
+
+@pytest.fixture(scope="module")
+def icon(models, tmp_path_factory):
+    """`generate folder` (one icon, seed 0, no zoom) with extra arguments -> the icon's pixels;
+    the CLI runs on the module's loaded models (loading them is test_demo_command's), each
+    argument list once."""
+    folder, drawn = tmp_path_factory.mktemp("generate"), {}
+
+    def run(*args: str) -> np.ndarray:
+        if args not in drawn:
+            out = folder / f"icon{len(drawn)}.png"
+            argv = ["generate", "folder", "--n", "1", "--steps", str(STEPS), "--zoom", "1", *args, "--out", str(out)]
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(demo, "DemoModels", lambda *_: models)
+                assert cli.main(argv) == 0
+            drawn[args] = np.asarray(Image.open(out))[2:-2, 2:-2]  # the 32 px icon inside the grid's padding
+        return drawn[args]
+    return run
+
+
+def differ(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(int) - b.astype(int)).mean())
+
+
+def test_generate_references_give_their_own_style(icon, models):
+    """--ref is the style of those images: two themes draw differently, and --ref equals its own
+    component values typed into --components, bit for bit."""
+    themes = sorted(d for d in (DEMO_DIR / "references").iterdir() if d.is_dir())
+    refs = [sorted(map(str, d.glob("*.png"))) for d in (themes[0], themes[-1])]
+    base = icon()
+    first, last = icon("--ref", *refs[0]), icon("--ref", *refs[1])
+    assert first.shape == (32, 32, 3)
+    assert differ(first, last) > 1 and differ(first, base) > 1 and differ(last, base) > 1
+    z = models.space.to_components(models.extractor.embed(refs[0], [1.0] * len(refs[0])))  # as --ref computes it
+    assert np.array_equal(icon("--components", ", ".join(repr(v) for v in z.tolist())), first)
+
+
+def test_generate_start_end_and_preset_act_on_the_sampling(icon, models):
+    """--end 0.6 turns the style off for the last steps; --start 1 never turns it on (the base, bit for
+    bit); --preset style is the style on the up.1 blocks only, as generate() draws it."""
+    style = ["--components", "2, -1.5, 1"]
+    base, full = icon(), icon(*style)
+    assert differ(full, base) > 1
+    early = icon(*style, "--end", "0.6")  # off for the last step
+    assert differ(early, full) > 0.2 and differ(early, base) > 0.2
+    assert np.array_equal(icon(*style, "--start", "1"), base)
+    preset = icon(*style, "--preset", "style")
+    assert differ(preset, full) > 0.2 and differ(preset, base) > 0.2
+    from style_components.demo import STRENGTH
+    from style_components.generate import grid
+    from style_components.layers import find_attn2
+    up1 = [1.0 if layer.block.startswith("up.1.") else 0.0 for layer in find_attn2(models.world.unet)]
+    assert 0 < sum(up1) < len(up1)
+    z = torch.zeros(1, models.space.k)
+    z[0, :3] = torch.tensor([2.0, -1.5, 1.0])
+    typed = generate(models.world, ["folder"], [0], steps=STEPS, adapter=models.adapter, styles=z,
+                     strength=STRENGTH, weights=up1)
+    assert np.array_equal(grid(typed, 1)[2:-2, 2:-2], preset)
 
 
 def test_a_slider_moves_what_it_measures(models):

@@ -244,11 +244,29 @@ def test_fuzz_mutated_infotexts_fixed_seed():
             assert_parses_safely(mutate(text, rng))
 
 
-def test_pathological_input_is_fast():
-    # backtracking regexes or rescans after each quote would make these take minutes
+def test_pathological_input_parses_safely_and_scans_quotes_once(monkeypatch):
+    """Huge fields, thousands of items and quotes that never close parse safely. Work is counted, not
+    timed: the quoted-string scan (it reads to the end of the text) runs once for the 30,000 unclosed
+    quotes, not once per quote (a quadratic rescan; backtracking regexes would hang the suite)."""
+    from style_components import params
+
+    scans = []
+
+    class CountingQuotedRe:
+        def match(self, text, pos=0):
+            scans.append(pos)
+            return QUOTED.match(text, pos)
+    QUOTED = params._QUOTED_RE
+    monkeypatch.setattr(params, "_QUOTED_RE", CountingQuotedRe())
     for text in ["range: " + "1" * 30_000, '"\\' * 30_000, "seed: " + "9" * 30_000,
                  ",".join(["x"] * 10_000), "components: " + "1 " * 30_000]:
+        scans.clear()
         assert_parses_safely(text)
+        assert len(scans) <= 2, (text[:20], len(scans))  # parse, then the round trip's re-parse
+    # quotes that do close are each scanned once, and commas inside them split nothing
+    scans.clear()
+    _, problems = StyleParams.parse(", ".join(f'refs{i}: "a,b"' for i in range(1000)))
+    assert len(scans) == 1000 and len(problems) == 1000
 
 
 @pytest.mark.parametrize("blank", ["", "   ", None, '""', '"  "'])

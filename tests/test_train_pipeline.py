@@ -169,3 +169,91 @@ def test_statnet_mlp_head_saves_and_loads_through_the_extractor_format(tmp_path)
     Extractor.save(model, tmp_path / "v02.safetensors", encoder.ARCHITECTURE, kwargs, "v0.2")
     with pytest.raises(ValueError, match=r"preprocessing 'v0.2' is not an icon encoder's \(icon64, icon128\)"):
         encoder.load(tmp_path / "v02.safetensors")
+
+
+# --- evaluate.py's metrics on data built so that the answer is known ------------------------
+
+def clusters(n_per: int, centres: np.ndarray, spread: float, seed: int):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(centres)), n_per)
+    return (centres[labels] + spread * rng.normal(size=(len(labels), centres.shape[1]))).astype(np.float32), labels
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_knn_predict_finds_the_nearest_neighbours(metric):
+    from style_components.train.evaluate import knn_predict
+    centres = 10 * np.eye(4, 6)  # four directions, far apart in angle and in distance
+    gallery, gy = clusters(10, centres, 0.5, seed=0)
+    query, qy = clusters(5, centres, 0.5, seed=1)
+    for k in (1, 5):
+        assert np.array_equal(knn_predict(gallery, gy, query, k, metric), qy)  # well separated: all right
+    # one query beside one gallery image of label 0, far from the four of label 1: the nearest decides 1-NN,
+    # the majority 5-NN
+    gallery = np.array([[1.0, 0.0], [0.0, 1.0], [0.05, 1.0], [0.1, 1.0], [0.15, 1.0]], np.float32)
+    gy, query = np.array([0, 1, 1, 1, 1]), np.array([[1.0, 0.02]], np.float32)
+    assert knn_predict(gallery, gy, query, 1, metric).tolist() == [0]
+    assert knn_predict(gallery, gy, query, 5, metric).tolist() == [1]
+    # a tie (one vote each) goes to the nearest; k above the gallery size uses the whole gallery
+    tie_g, tie_y = np.array([[0.0, 1.0], [1.0, 0.1], [1.0, 0.5]], np.float32), np.array([7, 8, 9])
+    assert knn_predict(tie_g, tie_y, np.array([[1.0, 0.0]], np.float32), 3, metric).tolist() == [8]
+    assert knn_predict(tie_g, tie_y, np.array([[1.0, 0.0]], np.float32), 50, metric).tolist() == [8]
+
+
+def test_knn_cosine_ignores_length_euclidean_does_not():
+    from style_components.train.evaluate import knn_predict
+    gallery, gy = np.array([[1.0, 0.0], [10.0, 1.0]], np.float32), np.array([0, 1])
+    query = np.array([[10.0, 0.0]], np.float32)  # same direction as label 0, nearer in space to label 1
+    assert knn_predict(gallery, gy, query, 1, "cosine").tolist() == [0]
+    assert knn_predict(gallery, gy, query, 1, "euclidean").tolist() == [1]
+
+
+def names_and_themes(themes: int, names: int):
+    """Every theme draws every name once: labels (themes) and names are independent."""
+    labels = np.repeat(np.arange(themes), names)
+    return labels, [f"name{i}" for i in np.tile(np.arange(names), themes)]
+
+
+def test_content_probe_reads_names_only_from_features_that_carry_them():
+    from style_components.train.evaluate import content_probe
+    labels, names = names_and_themes(20, 8)
+    name_ids = np.array([int(n[4:]) for n in names])
+    rng = np.random.default_rng(0)
+    # features that draw the name (one-hot + noise): the probe reads it on themes it never saw
+    carry = np.eye(8)[name_ids] + 0.1 * rng.normal(size=(len(names), 8))
+    got = content_probe(carry, labels, names)
+    assert got["accuracy"] == 1.0 and got["names"] == 8
+    assert got["test_images"] == 10 * 8 and got["chance"] == pytest.approx(1 / 8)  # half the themes test
+    # features of the theme alone (and noise), independent of the name: chance level
+    theme_only = np.eye(20)[labels] + 0.1 * rng.normal(size=(len(names), 20))
+    blind = content_probe(theme_only, labels, names)
+    assert blind["chance"] == pytest.approx(1 / 8) and blind["accuracy"] <= blind["chance"] + 0.15
+    noise = content_probe(rng.normal(size=(len(names), 8)), labels, names)
+    assert noise["accuracy"] <= noise["chance"] + 0.15
+    # a name drawn by one theme only cannot be tested on unseen themes
+    assert content_probe(carry[:8], labels[:8], names[:8]) == {"accuracy": None, "chance": None, "names": 0}
+
+
+def test_handmade_features_measure_colour_size_and_outline():
+    from style_components.train.evaluate import handmade_features
+    images = np.full((4, 32, 32, 3), 255, np.uint8)      # white: the background, excluded
+    images[0, 8:24, 8:24] = (255, 0, 0)                  # red 16x16 square
+    images[1, 8:24, 8:24] = (0, 0, 255)                  # the same square in blue
+    images[2, 4:28, 4:28] = (255, 0, 0)                  # a bigger red square
+    images[3, 8:24, 8:24] = (0, 0, 0)                    # a black (outline-dark) square
+    f = handmade_features(images)
+    rgb, hue = f[:, :64], f[:, 64:76]
+    mean, std, (fg, grad, dark) = f[:, 76:81], f[:, 81:86], f[:, 86:89].T
+    assert f.shape == (4, 89) and np.isfinite(f).all()
+    # the colour is seen: all red pixels in the red bin (3, 0, 0), blue in (0, 0, 3); hue red = bin 0, blue = bin 8
+    assert rgb[0, 48] == pytest.approx(1.0) and rgb[0].sum() == pytest.approx(1.0)
+    assert rgb[1, 3] == pytest.approx(1.0) and rgb[1].sum() == pytest.approx(1.0)
+    assert hue[0, 0] == pytest.approx(1.0) and hue[1, 8] == pytest.approx(1.0) and hue[3].sum() == 0
+    assert mean[0].tolist() == pytest.approx([1, 0, 0, 1, 1]) and mean[1].tolist() == pytest.approx([0, 0, 1, 1, 1])
+    assert std[:3] == pytest.approx(0, abs=1e-6)          # flat squares, background excluded
+    # the size is seen: foreground fraction, and the colour features ignore it
+    assert fg.tolist() == pytest.approx([0.25, 0.25, 24 * 24 / 1024, 0.25])
+    assert f[2, :86] == pytest.approx(f[0, :86]) and grad[2] > 0 and grad[2] != pytest.approx(grad[0])
+    # dark (outline) pixels: the black square only
+    assert dark.tolist() == pytest.approx([0, 0, 0, 1])
+    # an icon of background alone has no colour at all
+    assert handmade_features(np.full((1, 8, 8, 3), 255, np.uint8))[0, :86] == pytest.approx(0)

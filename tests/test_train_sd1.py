@@ -8,8 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from style_components import cli
+from style_components import cli, models
 from style_components.adapter import Adapter
+from style_components.layers import find_attn2
 from style_components.train import sd1
 from unets import SMALL_SD1_DIFFUSERS
 
@@ -83,3 +84,16 @@ def test_train_adapter_on_an_sd1_folder(tmp_path, data_dir):
     adapter = Adapter.load(out / "adapter.safetensors")
     assert adapter.arch == "sd1" and adapter.d_in == 3 and adapter.cross_dim == 64
     assert np.isfinite(json.loads((out / "history.json").read_text())["loss"]).all()
+    # the file says its base is SD1, so the WebUI lists it (it hides adapters made for the icon world)
+    assert adapter.meta["base"] == "sd1" and adapter.meta["steps"] == "2"
+    found = models.scan([out])
+    assert [info.adapter for info in found.values()] == [out / "adapter.safetensors"]
+    # to_v_ip started as the UNet's to_v (IP-Adapter's init; a random start would differ by ~0.1) and
+    # training moved it, in every layer
+    # (2 AdamW steps at lr 1e-3 move the weights ~1.3e-3 on average; the fp16 file rounds by at most ~6e-5)
+    from diffusers import UNet2DConditionModel
+    unet = UNet2DConditionModel.from_pretrained(model / "unet")
+    for layer in find_attn2(unet):
+        start = layer.module.to_v.weight.detach().half().float()
+        moved = (adapter.layer(layer.key).to_v_ip.weight - start).abs()
+        assert 5e-4 < moved.max() < 1e-2 and moved.mean() > 2.5e-4, (layer.name, moved.max(), moved.mean())
