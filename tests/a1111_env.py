@@ -31,10 +31,15 @@ def load_script(models_path):
 
 
 def runner(module, is_img2img=False):
+    """A ScriptRunner made as A1111 makes scripts_txt2img / scripts_img2img: from scripts_data
+    (where load_script registered `module`'s script); the args ranges its UI would give."""
     from modules import scripts
     from style_components import script_args
-    return scripts.ScriptRunner([module.StyleComponentsScript], is_img2img=is_img2img,
-                                n_args=lambda s: script_args.N_ARGS)
+    r = scripts.ScriptRunner()
+    r.initialize_scripts(is_img2img)
+    assert [type(s) for s in r.alwayson_scripts] == [module.StyleComponentsScript], "another script module is loaded"
+    r.set_args_ranges(lambda s: script_args.N_ARGS)
+    return r
 
 
 def make_space(k: int, d: int, seed: int = 0):

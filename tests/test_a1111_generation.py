@@ -189,18 +189,21 @@ def test_tiled_sampling_styles_every_tile(env, monkeypatch, tile_batch, ngms):
 
     def create_sampler(name, model):
         sampler = original(name, model)
-        inner = sampler.model_wrap
+        # as Tiled Diffusion does: replace the forward of the k-diffusion denoiser (the CFG
+        # denoiser's inner_model, sd_samplers_kdiffusion.CFGDenoiserKDiffusion) on the instance
+        denoiser = sampler.model_wrap_cfg.inner_model
+        inner = denoiser.forward
 
         def kdiff_forward(x, sigma, cond):  # two tiles: the halves of the latent's width
             n, half = x.shape[0], x.shape[-1] // 2
             tiles, out = [slice(0, half), slice(half, None)], torch.zeros_like(x)
             for group in (tiles[i:i + tile_batch] for i in range(0, len(tiles), tile_batch)):
                 stacked = {k: [torch.cat([v[0]] * len(group))] for k, v in cond.items()}
-                y = inner(torch.cat([x[..., s] for s in group]), sigma.repeat(len(group)), stacked)
+                y = inner(torch.cat([x[..., s] for s in group]), sigma.repeat(len(group)), cond=stacked)
                 for i, s in enumerate(group):
                     out[..., s] = y[i * n:(i + 1) * n]
             return out
-        sampler.model_wrap = kdiff_forward
+        denoiser.forward = kdiff_forward
         return sampler
     monkeypatch.setattr(sd_samplers, "create_sampler", create_sampler)
     calls = []

@@ -151,6 +151,25 @@ def test_the_grid_infotext_is_the_first_images(env):
     assert res.infotexts[1] != res.infotexts[2]
 
 
+def test_the_api_json_of_a_per_image_random_style(env):
+    """The API returns Processed.js() as `info`: A1111's json.dumps(default=lambda o: None) writes
+    null for the per-image random style's entry (a function create_infotext calls), and each
+    image's infotext in it holds the values its style drew."""
+    import json
+    from modules.shared import opts
+    opts.data["return_grid"] = True
+    try:
+        p, res = generate(env, args(random=True, seed=-1), batch_size=2)
+    finally:
+        opts.data["return_grid"] = False
+    info = json.loads(res.js())
+    assert callable(p.extra_generation_params[sargs.INFOTEXT_KEY])
+    assert info["extra_generation_params"][sargs.INFOTEXT_KEY] is None
+    assert info["index_of_first_image"] == 1 and info["all_seeds"] == p.all_seeds
+    assert info["infotexts"] == res.infotexts and len(set(res.infotexts[1:])) == 2
+    assert all(sargs.INFOTEXT_KEY + ": " in t for t in info["infotexts"])
+
+
 def test_params_txt_holds_the_style_for_read_generation_parameters(env):
     """A1111 writes params.txt before sampling; the paste button reads it when the prompt is
     empty (infotext_utils.connect_paste). Without the entry there, pasting turned the style off."""
@@ -485,14 +504,15 @@ def test_unet_calls_that_match_no_step_are_unstyled_and_reported(env, monkeypatc
 
     def create_sampler(name, model):
         sampler = original(name, model)
-        inner = sampler.model_wrap
+        denoiser = sampler.model_wrap_cfg.inner_model  # the k-diffusion denoiser the CFG denoiser calls
+        inner = denoiser.forward
 
         def with_extra_call(x, sigma, cond):
-            out = inner(x, sigma, cond)
+            out = inner(x, sigma, cond=cond)
             if sampler.model_wrap_cfg.step == 1:  # the second of two steps: progress 0.5
-                inner(x[-1:], sigma[-1:], {k: [v[0][-1:]] for k, v in cond.items()})
+                inner(x[-1:], sigma[-1:], cond={k: [v[0][-1:]] for k, v in cond.items()})
             return out
-        sampler.model_wrap = with_extra_call
+        denoiser.forward = with_extra_call
         return sampler
     monkeypatch.setattr(sd_samplers, "create_sampler", create_sampler)
     _, bare = generate(env, None, steps=2)

@@ -18,6 +18,7 @@ class CFGDenoiserParams:
 
 
 def _run(name, *args):
+    """No A1111 counterpart: the loop every `*_callback` runner of A1111's repeats."""
     for c in list(callbacks[name]):
         try:
             c(*args)
@@ -45,10 +46,12 @@ def infotext_pasted_callback(infotext, params):
     _run("infotext_pasted", infotext, params)
 
 
-def _adder(name):
-    def add(callback, *, name_=None, **kwargs):
-        callbacks[name].append(callback)
-    add.__name__ = f"on_{name}"
+def _adder(kind):
+    """No A1111 counterpart: makes the on_* registration functions, whose signature is A1111's
+    (callback, *, name=None); `name` (what A1111 lists the callback as) is not kept."""
+    def add(callback, *, name=None):
+        callbacks[kind].append(callback)
+    add.__name__ = f"on_{kind}"
     return add
 
 

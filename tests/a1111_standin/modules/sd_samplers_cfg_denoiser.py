@@ -1,5 +1,8 @@
-"""Mirrors modules/sd_samplers_cfg_denoiser.py CFGDenoiser.forward: how one sampling step's
-UNet batch is laid out and split into UNet calls (written for these tests, same behaviour):
+"""Mirrors modules/sd_samplers_cfg_denoiser.py CFGDenoiser: inner_model, a property (the
+subclass CFGDenoiserKDiffusion in sd_samplers_kdiffusion.py gives the k-diffusion denoiser of
+shared.sd_model, kept in model_wrap until update_inner_model clears it after a refiner switch),
+and forward: how one sampling step's UNet batch is laid out and split into UNet calls (written
+for these tests, same behaviour):
 
 - apply_refiner first: the refiner's model may take over from this step on (new conds);
 - x_in = for each image i, repeats[i] copies of x[i] (AND prompts), then x (the uncond rows);
@@ -25,16 +28,22 @@ from modules.shared import opts, state
 class CFGDenoiser(torch.nn.Module):
     def __init__(self, sampler):
         super().__init__()
-        self.sampler, self.p = sampler, None
-        self.step, self.steps, self.total_steps = 0, None, None
+        self.model_wrap = None
         self.mask = self.nmask = self.init_latent = None
+        self.steps = None
+        self.total_steps = None
+        self.step = 0
         self.image_cfg_scale = None  # set by the sampler's initialize(p), as sd_samplers_common does
+        self.sampler = sampler
+        self.p = None
 
-    def inner_model(self, x, sigma, cond):
-        return self.sampler.model_wrap(x, sigma, cond=cond)
+    @property
+    def inner_model(self):
+        raise NotImplementedError()
 
     def update_inner_model(self):
         """After a refiner switch: the model (shared.sd_model) and the conds are new."""
+        self.model_wrap = None
         c, uc = self.p.get_conds()
         self.sampler.sampler_extra_args["cond"] = c
         self.sampler.sampler_extra_args["uncond"] = uc

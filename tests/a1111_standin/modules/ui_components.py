@@ -1,10 +1,19 @@
-"""Mirrors modules/ui_components.py (InputAccordion, ToolButton, FormRow). Like A1111's, it
-imports gradio at the top: scripts import it inside ui() only, so tests without gradio never do."""
+"""Mirrors modules/ui_components.py (FormComponent, ToolButton, FormRow, InputAccordion). Like
+A1111's, it imports gradio at the top and makes gr.Dropdown a FormComponent (get_expected_parent):
+scripts import it inside ui() only, so tests without gradio never do."""
 import gradio as gr
 
 
-class ToolButton(gr.Button):
-    """A1111: a small square button (elem_classes tool)."""
+class FormComponent:
+    def get_expected_parent(self):
+        return gr.components.Form
+
+
+gr.Dropdown.get_expected_parent = FormComponent.get_expected_parent
+
+
+class ToolButton(FormComponent, gr.Button):
+    """A1111: a small square button (elem_classes tool) that fits inside gradio forms."""
 
     def __init__(self, *args, **kwargs):
         classes = kwargs.pop("elem_classes", [])
@@ -14,7 +23,9 @@ class ToolButton(gr.Button):
         return "button"
 
 
-class FormRow(gr.Row):
+class FormRow(FormComponent, gr.Row):
+    """Same as gr.Row but fits inside gradio forms"""
+
     def get_block_name(self):
         return "row"
 
