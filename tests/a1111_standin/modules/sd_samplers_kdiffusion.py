@@ -79,6 +79,11 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
     def get_sigmas(self, p, steps):
         return self.model_wrap.get_sigmas(steps).cpu()
 
+    def _extra_args(self, p, conditioning, unconditional_conditioning, image_conditioning):
+        """No A1111 counterpart: the dict both of A1111's sample methods build inline."""
+        return {'cond': conditioning, 'image_cond': image_conditioning, 'uncond': unconditional_conditioning,
+                'cond_scale': p.cfg_scale, 's_min_uncond': self.s_min_uncond}
+
     def sample_img2img(self, p, x, noise, conditioning, unconditional_conditioning, steps=None,
                        image_conditioning=None):
         steps, t_enc = sd_samplers_common.setup_img2img_steps(p, steps)
@@ -88,13 +93,7 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
         self.initialize(p)
         self.model_wrap_cfg.init_latent = x
         self.last_latent = x
-        self.sampler_extra_args = {
-            'cond': conditioning,
-            'image_cond': image_conditioning,
-            'uncond': unconditional_conditioning,
-            'cond_scale': p.cfg_scale,
-            's_min_uncond': self.s_min_uncond
-        }
+        self.sampler_extra_args = self._extra_args(p, conditioning, unconditional_conditioning, image_conditioning)
         return self.launch_sampling(t_enc + 1, lambda: self.func(
             self.model_wrap_cfg, xi, extra_args=self.sampler_extra_args, disable=False, callback=self.callback_state,
             sigmas=sigma_sched))
@@ -105,13 +104,7 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
         x = x * sigmas[0]
         self.initialize(p)
         self.last_latent = x
-        self.sampler_extra_args = {
-            'cond': conditioning,
-            'image_cond': image_conditioning,
-            'uncond': unconditional_conditioning,
-            'cond_scale': p.cfg_scale,
-            's_min_uncond': self.s_min_uncond
-        }
+        self.sampler_extra_args = self._extra_args(p, conditioning, unconditional_conditioning, image_conditioning)
         return self.launch_sampling(steps, lambda: self.func(
             self.model_wrap_cfg, x, extra_args=self.sampler_extra_args, disable=False, callback=self.callback_state,
             sigmas=sigmas))
