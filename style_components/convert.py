@@ -356,8 +356,7 @@ def convert_extractor(src, dst, preprocess: str = "v0.3", architecture: str | No
         kwargs = dict(model_kwargs)
     state = model.state_dict()
     for key, tensor in state.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ModelFileError(src, "holds NaN or infinite values", key)
+        files.check_finite(src, key, tensor)
     rebuilt = _rebuild(src, architecture, kwargs, state)
     if preprocess == "v0.3" and getattr(rebuilt, "dynamic_img_size", True) is False:
         raise ModelFileError(src, "v0.3 preprocessing needs variable input sizes: add "

@@ -375,6 +375,5 @@ def _load_weights(path, model: torch.nn.Module, tensors: Mapping[str, torch.Tens
             raise ModelFileError(path, f"shape {list(tensors[k].shape)} where the model has {list(t.shape)}", k)
         if tensors[k].is_floating_point() != t.is_floating_point():
             raise ModelFileError(path, f"dtype {tensors[k].dtype} where the model has {t.dtype}", k)
-        if t.is_floating_point() and not bool(torch.isfinite(tensors[k]).all()):  # as files.require
-            raise ModelFileError(path, "holds NaN or infinite values", k)
+        files.check_finite(path, k, tensors[k])
     model.load_state_dict(dict(tensors), strict=True)

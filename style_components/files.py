@@ -69,9 +69,15 @@ def require(path, tensors: Mapping[str, torch.Tensor], key: str, shape: tuple[in
         raise ModelFileError(path, f"shape {list(t.shape)} is empty", key)
     if floating and not t.is_floating_point():
         raise ModelFileError(path, f"dtype {t.dtype} where a floating-point tensor is required", key)
-    if floating and not bool(torch.isfinite(t).all()):
-        raise ModelFileError(path, "holds NaN or infinite values", key)
+    if floating:
+        check_finite(path, key, t)
     return t
+
+
+def check_finite(path, key: str, t: torch.Tensor) -> None:
+    """A floating-point tensor must hold no NaN or infinity (other dtypes pass)."""
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ModelFileError(path, "holds NaN or infinite values", key)
 
 
 def reject_extra(path, tensors: Mapping[str, torch.Tensor], known: set[str]) -> None:
