@@ -242,10 +242,7 @@ def is_edit_step(denoiser) -> bool:
 
 
 def end_job(p) -> None:
-    gen: Generation | None = getattr(p, ATTR, None)
-    if gen is not None:
-        gen.close()
-    cleanup_unet(p)
+    cleanup_unet(p)  # closes the job's Generation (begin_job listed it in _open) and any hook left
 
 
 def _rows(t) -> int:
