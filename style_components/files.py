@@ -49,7 +49,12 @@ def write(path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, obje
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # hidden, and no model suffix
     try:
+        # safetensors creates files readable by their owner alone (0600); a model file should get
+        # the mode any new file gets here (umask), so that a WebUI run by another user can read it
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        mode = os.stat(tmp).st_mode & 0o777
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), meta)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

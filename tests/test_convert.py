@@ -171,6 +171,19 @@ def test_an_interrupted_conversion_leaves_the_previous_file(pca_file, torch_file
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # unchanged, no temporary left
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_model_files_get_the_umask_mode(umask, tmp_path):
+    """safetensors alone writes 0600: a WebUI run by another user (a service account) could not
+    read a model converted or trained by its admin. Files get the mode the umask gives new files."""
+    old = os.umask(umask)
+    try:
+        files.write(tmp_path / "m.safetensors", {"x": torch.zeros(1)}, {"format": "test"})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert files.read(tmp_path / "m.safetensors", "test")[0]["x"].shape == (1,)
+
+
 # --- the original style extractor -------------------------------------------------------------
 
 SMALL = dict(img_size=56, depth=2, embed_dim=64, num_heads=2)
