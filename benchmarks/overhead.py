@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))  # th
 from factories import adapter_for  # noqa: E402
 from unets import ldm_unet  # noqa: E402
 
-from style_components.inject import NULL, apply  # noqa: E402
+from style_components.inject import NULL, _StyleTerm, apply  # noqa: E402
 from style_components.layers import find_attn2  # noqa: E402
 
 
@@ -75,17 +75,25 @@ def main() -> None:
 
 
 def hooks_alone(unet, adapter, forward, rows, repeats: int = 5) -> float:
-    """Median time of running just the 16 style hooks on captured attn2 inputs/outputs."""
+    """Median time of running just the 16 style hooks on captured attn2 inputs/outputs (and, for
+    several tokens, the Q each layer's own to_q computed, which the term takes over)."""
     layers = find_attn2(unet)
-    captured = {}
+    captured, queries = {}, {}
     grab = [l.module.register_forward_hook(
         lambda m, a, kw, out: captured.__setitem__(m, (a, kw, out)), with_kwargs=True) for l in layers]
+    grab += [l.module.to_q.register_forward_hook(
+        lambda m, a, out, attn=l.module: queries.__setitem__(attn, out)) for l in layers]
     forward()
     for h in grab:
         h.remove()
-    with apply(unet, adapter, torch.randn(1, adapter.d_in), rows=rows) as handle:
-        terms = [(l.module._forward_hooks[h.id], *captured[l.module]) for l, h in zip(layers, handle._hooks)]
-        run = lambda: [term(None, a, kw, out) for term, a, kw, out in terms]
+    with apply(unet, adapter, torch.randn(1, adapter.d_in), rows=rows):
+        terms = [(next(h for h in l.module._forward_hooks.values() if isinstance(h, _StyleTerm)),
+                  queries[l.module], *captured[l.module]) for l in layers]
+
+        def run():
+            for term, q, a, kw, out in terms:
+                term.keep_query(None, a[:1] or (kw.get("x"),), q)
+                term(None, a, kw, out)
         run()  # first call builds the cached per-style terms
         return statistics.median(timed(run) for _ in range(repeats))
 

@@ -4,7 +4,8 @@ IP-Adapter's decoupled attention makes attn2 output `W_o (attn(Q,K,V) + w * attn
 W_o is linear, so the style part is a separate term `w * W_o attn(Q,K_ip,V_ip)` that a forward
 hook adds to attn2's output, whatever `forward` the host installed (A1111 swaps it for its
 attention optimisations). With one style token the softmax is 1 and the term is a per-row
-constant `w * W_o W_v t`: computed once per style, then one add per layer and step.
+constant `w * W_o W_v t`: computed once per style, then one add per layer and step. With
+several tokens, Q comes from the layer's own to_q call and W_o is folded into the style values.
 
 Rows: every UNet call is told, per batch row, which style it takes: an index into the
 styles given to `apply`, or NULL for the null style `proj(0)` that uncond rows get.
@@ -86,14 +87,17 @@ class StyleHandle:
         self.start, self.end, self.progress = start, end, 0.0
         if rows is not None and not callable(rows):
             self.set_rows(rows)  # checked before any hook exists: a bad argument leaves no trace
-        self._hooks = []
+        self._hooks, n_terms = [], 0
         self._unet = weakref.ref(unet)  # before any hook: remove() on a failed install needs it
         try:
             for layer, w in zip(layers, per_layer):
                 if strength * w != 0.0:  # a zero weight installs nothing: output stays bit-identical
                     term = _StyleTerm(layer, adapter.layer(layer.key), strength * w, self)
+                    n_terms += 1
                     self._hooks.append(layer.module.register_forward_hook(term, with_kwargs=True))
-            self.n_terms = len(self._hooks)
+                    if adapter.tokens > 1:
+                        self._hooks.append(layer.module.to_q.register_forward_hook(term.keep_query))
+            self.n_terms = n_terms
             if callable(rows):
                 self._hooks.append(unet.register_forward_pre_hook(
                     lambda _, args, kwargs: self.set_rows(rows(args, kwargs)), with_kwargs=True))
@@ -176,6 +180,12 @@ class _StyleTerm:
         self.out_proj: nn.Linear = layer.module.to_out[0]
         self.heads, self.scale = layer.module.heads, getattr(layer.module, "scale", None)
         self._cache: dict = {}
+        self._q: tuple | None = None  # (x, to_q(x)) of the layer's own forward, for the style term
+
+    def keep_query(self, module, args, out) -> None:
+        """Forward hook on to_q: the layer's own Q, so the style term need not compute it again."""
+        if self.handle.active:
+            self._q = (args[0] if args else None, out)
 
     def __call__(self, module, args, kwargs, out):
         if not self.handle.active:
@@ -185,7 +195,9 @@ class _StyleTerm:
         if self.handle.adapter.tokens == 1:
             return out + self._bias(out)[rows].unsqueeze(1)
         x = args[0] if args else kwargs.get("x", kwargs.get("hidden_states"))
-        return out + self._attention(x, rows, out)
+        kept, self._q = self._q, None
+        q = kept[1] if kept is not None and kept[0] is x else self.module.to_q(x)  # a host may fuse QKV
+        return out + self._attention(q, rows, out)
 
     def _cached(self, key: tuple | None, compute):
         """compute() once per style table and `key` (None: on every call); every call while training."""
@@ -222,19 +234,38 @@ class _StyleTerm:
         key = None if w_o.is_meta else (out.dtype, out.device, w_o._version, w_o.data_ptr())
         return self._cached(key, compute)
 
-    def _attention(self, x: torch.Tensor, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Decoupled attention of the layer's queries over the style tokens, through W_o (no bias)."""
-        def compute():
-            tokens, each = self.handle.tokens, self.handle.per_style
-            return (each(self.values.to_k_ip, tokens).to(out.device, out.dtype),
-                    each(self.values.to_v_ip, tokens).to(out.device, out.dtype))
-        k, v = (t[rows] for t in self._cached((out.dtype, out.device), compute))
-        q = self.module.to_q(x)
+    def _attention(self, q: torch.Tensor, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Decoupled attention of the layer's queries over the style tokens, through W_o (no bias).
+
+        W_o is folded into the values: W_o concat_h(P_h V_h) = sum_h P_h (V_h W_o,h), and V_h W_o,h
+        ([heads, tokens, C] per style) is computed once per style table and W_o version, so each
+        call costs the scores and a [tokens x C] product per head instead of a [C x C] matmul.
+        """
+        tokens, each = self.handle.tokens, self.handle.per_style
+        w_o = self.out_proj.weight
+        keys = lambda: each(self.values.to_k_ip, tokens).to(out.device, out.dtype)  # noqa: E731
+        values = lambda: each(self._values_through_out, tokens).to(out.device, out.dtype)  # noqa: E731
+        k = self._cached((out.dtype, out.device), keys)[rows]
+        key = None if w_o.is_meta else (out.dtype, out.device, w_o._version, w_o.data_ptr())
+        v = self._cached(key, values)[rows]                                   # [B, heads, T, C]
         b, n, inner = q.shape
-        heads = lambda t: t.reshape(b, -1, self.heads, inner // self.heads).transpose(1, 2)
-        attn = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), scale=self.scale)
-        attn = attn.transpose(1, 2).reshape(b, n, inner)
-        return self.weight * self._project(attn).to(out.dtype)
+        q = q.reshape(b, n, self.heads, inner // self.heads).transpose(1, 2)   # [B, heads, N, d]
+        k = k.reshape(b, -1, self.heads, inner // self.heads).transpose(1, 2)  # [B, heads, T, d]
+        scale = self.scale if self.scale is not None else q.shape[-1] ** -0.5
+        probs = ((q * scale) @ k.transpose(-1, -2)).softmax(-1)                # [B, heads, N, T]
+        # one matmul over (head, token) pairs: [B, N, heads*T] @ [B, heads*T, C]
+        return self.weight * (probs.transpose(1, 2).reshape(b, n, -1) @ v.flatten(1, 2)).to(out.dtype)
+
+    def _values_through_out(self, style_tokens: torch.Tensor) -> torch.Tensor:
+        """[S, T, C_ctx] style tokens -> [S, heads, T, C]: each head's V_ip rows, alone in that
+        head's slot of the inner dimension, through W_o without its bias."""
+        v = self.values.to_v_ip(style_tokens)                                  # [S, T, inner]
+        s, t, inner = v.shape
+        d = inner // self.heads
+        slots = v.new_zeros(s, self.heads, t, self.heads, d)
+        for h in range(self.heads):
+            slots[:, h, :, h] = v.reshape(s, t, self.heads, d)[:, :, h]
+        return self._project(slots.reshape(s, self.heads, t, inner))
 
 
 def _finite_number(value, what: str) -> float:

@@ -179,6 +179,53 @@ def test_hook_survives_a1111_style_forward_replacement(sd15_ldm, plain):
     assert close(got, want)
 
 
+def test_multi_token_term_reuses_the_layers_own_query(sd15_ldm, plain):
+    """The style term takes Q from the layer's own to_q call instead of a second [C x C] matmul."""
+    inputs, _ = plain
+    calls = []
+    counters = [layer.module.to_q.register_forward_pre_hook(lambda m, a: calls.append(m))
+                for layer in find_attn2(sd15_ldm)]
+    try:
+        run_ldm(sd15_ldm, inputs)
+        without = len(calls)
+        with apply(sd15_ldm, adapter_for(sd15_ldm, tokens=4), torch.randn(2, 30), rows=[0, 1, NULL, NULL]):
+            run_ldm(sd15_ldm, inputs)
+        assert len(calls) - without == without == 16
+    finally:
+        for h in counters:
+            h.remove()
+
+
+@pytest.mark.parametrize("query", ["functional", "other tensor"])
+def test_multi_token_term_is_right_when_the_host_makes_q_its_own_way(sd15_ldm, plain, query):
+    """A host forward that never calls to_q (a fused or functional projection), or calls it on
+    another tensor than the layer's input: the term computes Q itself, never a stale one."""
+    from ldm.modules.attention import CrossAttention
+    inputs, _ = plain
+    adapter = adapter_for(sd15_ldm, tokens=4, seed=7)
+    styles, rows = torch.randn(2, 30), [0, 1, NULL, NULL]
+    want = expected(sd15_ldm, run_ldm, inputs, adapter, styles, rows)
+    original = CrossAttention.forward
+
+    def forward(self, x, context=None, mask=None, **kwargs):
+        context = x if context is None else context
+        q = torch.nn.functional.linear(x, self.to_q.weight) if query == "functional" else self.to_q(x + 0)
+        k, v = self.to_k(context), self.to_v(context)
+        b, n, c = q.shape
+        split = lambda t: t.reshape(b, -1, self.heads, c // self.heads).transpose(1, 2)
+        out = torch.nn.functional.scaled_dot_product_attention(split(q), split(k), split(v))
+        return self.to_out(out.transpose(1, 2).reshape(b, n, c))
+
+    CrossAttention.forward = forward
+    try:
+        with apply(sd15_ldm, adapter, styles, rows=rows):
+            run_ldm(sd15_ldm, ldm_inputs(4, seed=9))  # an earlier call: nothing of it may be reused
+            got = run_ldm(sd15_ldm, inputs)
+    finally:
+        CrossAttention.forward = original
+    assert close(got, want)
+
+
 def test_rows_resolver_is_asked_on_every_call(sd15_ldm):
     adapter = adapter_for(sd15_ldm)
     styles, seen = torch.randn(1, 30), []
