@@ -285,18 +285,19 @@ class Extractor:
     def embed_each(self, images: Sequence[ImageInput], batch: int = 256) -> torch.Tensor:
         """[N, D] embeddings of many images, in batches (training and evaluation; no cache).
 
-        Images whose preprocessed sizes differ (v0.3) run one at a time.
+        Images are read batch by batch, so memory does not grow with N; a batch whose
+        preprocessed sizes differ (v0.3 keeps aspect ratios) runs one image at a time.
         """
-        xs = [preprocess_image(load_image(im), self.preprocess, self.mean, self.std) for im in images]
-        if not xs:
-            return torch.zeros(0, self.dim)
-        if len({tuple(x.shape) for x in xs}) > 1:
-            batch = 1
-        outs = []
+        images = list(images)
+        outs = [torch.zeros(0, self.dim)]
         with torch.inference_mode():
-            for i in range(0, len(xs), batch):
-                outs.append(self._check_finite(self.model(torch.stack(xs[i:i + batch]).to(self.device, self.dtype)))
-                            .float().cpu())
+            for i in range(0, len(images), batch):
+                xs = [preprocess_image(load_image(im), self.preprocess, self.mean, self.std)
+                      for im in images[i:i + batch]]
+                groups = [xs] if len({tuple(x.shape) for x in xs}) == 1 else [[x] for x in xs]
+                for group in groups:
+                    out = self.model(torch.stack(group).to(self.device, self.dtype))
+                    outs.append(self._check_finite(out).float().cpu())
         return torch.cat(outs).clone()
 
     def embed(self, images: ImageInput | Sequence[ImageInput],

@@ -216,6 +216,22 @@ def test_round_trip_gives_the_original_modules_embeddings(saved, extractor):
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
 
 
+def test_embed_each_reads_batch_by_batch_and_matches_embed_one(extractor, monkeypatch):
+    """Training embeds every image of a dataset: images are preprocessed one batch at a time
+    (not all held in memory first), and a batch of mixed v0.3 sizes runs image by image."""
+    from style_components import extract
+    images = [noise_image(64, 64, 1), noise_image(64, 64, 2), noise_image(96, 48, 3), noise_image(64, 64, 4),
+              noise_image(64, 64, 5)]
+    loaded, loaded_at_forward = [], []
+    monkeypatch.setattr(extract, "load_image", lambda im, real=extract.load_image: loaded.append(1) or real(im))
+    extractor.model.register_forward_hook(lambda *_: loaded_at_forward.append(len(loaded)))
+    got = extractor.embed_each(images, batch=2)
+    assert loaded_at_forward == [2, 4, 4, 5]  # [1, 2] stacked; [3] and [4] alone (sizes differ); [5]
+    want = torch.stack([extractor.embed_one(im) for im in images])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert extractor.embed_each([]).shape == (0, extractor.dim)
+
+
 def test_load_in_another_dtype(saved, extractor):
     wide = Extractor.load(saved[0], dtype=torch.float64)
     assert next(wide.model.parameters()).dtype == torch.float64

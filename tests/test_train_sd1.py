@@ -17,16 +17,17 @@ from unets import SMALL_SD1_DIFFUSERS
 transformers = pytest.importorskip("transformers")
 
 
-def tiny_sd1(folder):
-    """unet/ vae/ text_encoder/ tokenizer/ scheduler/ as diffusers' SD1 pipelines lay them out."""
+def tiny_sd1(folder, dtype=torch.float32):
+    """unet/ vae/ text_encoder/ tokenizer/ scheduler/ as diffusers' SD1 pipelines lay them out
+    (dtype: the weights' dtype on disk; many shared SD1 folders hold fp16)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(0)
-    UNet2DConditionModel(**SMALL_SD1_DIFFUSERS).save_pretrained(folder / "unet")
+    UNet2DConditionModel(**SMALL_SD1_DIFFUSERS).to(dtype).save_pretrained(folder / "unet")
     AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
                   up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8, latent_channels=4,
-                  sample_size=32).save_pretrained(folder / "vae")
+                  sample_size=32).to(dtype).save_pretrained(folder / "vae")
     # a character-level CLIP BPE vocabulary (no merges): enough to tokenise any lowercase caption
     letters = "abcdefghijklmnopqrstuvwxyz"
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
@@ -40,7 +41,7 @@ def tiny_sd1(folder):
                   model_max_length=16, pad_token="<|endoftext|>").save_pretrained(folder / "tokenizer")
     CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=64, num_hidden_layers=1,
                                  num_attention_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
-                                 pad_token_id=1)).save_pretrained(folder / "text_encoder")
+                                 pad_token_id=1)).to(dtype).save_pretrained(folder / "text_encoder")
     DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(
         folder / "scheduler")
 
@@ -49,8 +50,10 @@ def test_captions_beside_images(tmp_path):
     Image.new("RGB", (40, 30), "red").save(tmp_path / "a.png")
     Image.new("RGB", (30, 40), "blue").save(tmp_path / "b.jpg")
     (tmp_path / "a.txt").write_text("a red square\n")
+    Image.new("RGB", (30, 30), "green").save(tmp_path / "c.png")
+    (tmp_path / "c.txt").write_bytes("\ufeff1girl, solo\r\n".encode("utf-8"))  # as Windows Notepad saves it
     paths, captions = sd1.captioned_images(tmp_path)
-    assert [p.name for p in paths] == ["a.png", "b.jpg"] and captions == ["a red square", ""]
+    assert [p.name for p in paths] == ["a.png", "b.jpg", "c.png"] and captions == ["a red square", "", "1girl, solo"]
     x = sd1.load_pixels(paths[0], 16)
     assert x.shape == (3, 16, 16) and torch.allclose(x[0], torch.ones(16, 16), atol=1e-2)
     (tmp_path / "empty").mkdir()
@@ -80,7 +83,8 @@ def test_train_adapter_on_an_sd1_folder(tmp_path, data_dir):
     out = tmp_path / "adapter"
     assert cli.main(["train-adapter", str(images), str(out), "--sd-model", str(model), "--extractor",
                      str(run / "extractor.safetensors"), "--space", str(run / "s.safetensors"), "--resolution", "32",
-                     "--steps", "2", "--batch", "2", "--reference", "group", "--no-progress", "--cpu"]) == 0
+                     "--steps", "2", "--batch", "2", "--lr", "1e-3", "--reference", "group", "--no-progress",
+                     "--cpu"]) == 0
     adapter = Adapter.load(out / "adapter.safetensors")
     assert adapter.arch == "sd1" and adapter.d_in == 3 and adapter.cross_dim == 64
     assert np.isfinite(json.loads((out / "history.json").read_text())["loss"]).all()
@@ -97,3 +101,46 @@ def test_train_adapter_on_an_sd1_folder(tmp_path, data_dir):
         start = layer.module.to_v.weight.detach().half().float()
         moved = (adapter.layer(layer.key).to_v_ip.weight - start).abs()
         assert 5e-4 < moved.max() < 1e-2 and moved.mean() > 2.5e-4, (layer.name, moved.max(), moved.mean())
+    # the checkpoint holds what trains, not the frozen SD model (4 GB for SD1.5 at every save) ...
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["model"] and all(k.startswith("adapter.") for k in state["model"])
+    # ... and a longer run resumes from it, with the base read again from --sd-model
+    assert cli.main(["train-adapter", str(images), str(out), "--sd-model", str(model), "--extractor",
+                     str(run / "extractor.safetensors"), "--space", str(run / "s.safetensors"), "--resolution", "32",
+                     "--steps", "3", "--batch", "2", "--lr", "1e-3", "--reference", "group", "--no-progress",
+                     "--cpu"]) == 0
+    assert json.loads((out / "history.json").read_text())["step"] == [1, 2, 3]
+
+
+def test_train_adapter_on_an_fp16_sd1_folder_in_mixed_precision(tmp_path, data_dir):
+    """Folders saved in fp16 (transformers 5 loads their text encoder in fp16 by default: a dtype
+    clash with the fp32 UNet before); --mixed-precision bf16 stores the frozen base in bf16;
+    without --batch/--lr an SD1 run takes IP-Adapter's batch 8 and lr 1e-4."""
+    model, images = tmp_path / "sd15", tmp_path / "images"
+    tiny_sd1(model, dtype=torch.float16)
+    images.mkdir()
+    from style_components.train import dataset
+    data = dataset.load(data_dir)
+    for i in range(4):
+        Image.fromarray(data.images[i]).save(images / f"{i}.png")
+    run = tmp_path / "enc"
+    assert cli.main(["train", str(data_dir), str(run), "--steps", "1", "--eval-every", "0", "--width", "8",
+                     "--dim", "16", "--batch-themes", "2", "--per-theme", "2", "--no-progress", "--cpu"]) == 0
+    assert cli.main(["pca", str(data_dir), str(run / "extractor.safetensors"), str(run / "s.safetensors"),
+                     "--k", "3"]) == 0
+    train = ["train-adapter", str(images), None, "--sd-model", str(model), "--extractor",
+             str(run / "extractor.safetensors"), "--space", str(run / "s.safetensors"), "--resolution", "32",
+             "--steps", "1", "--no-progress", "--cpu"]
+    for out, precision in ((tmp_path / "fp32", []), (tmp_path / "bf16", ["--mixed-precision", "bf16"])):
+        train[2] = str(out)
+        from accelerate.state import AcceleratorState
+        AcceleratorState._reset_state(reset_partial_state=True)  # one precision per process: a command is one
+        try:
+            assert cli.main(train + precision) == 0
+        finally:
+            AcceleratorState._reset_state(reset_partial_state=True)
+        assert np.isfinite(json.loads((out / "history.json").read_text())["loss"]).all()
+        settings = torch.load(out / "checkpoint.pt", weights_only=True)["settings"]
+        assert (settings["batch"], settings["lr"]) == (8, 1e-4)
+        adapter = Adapter.load(out / "adapter.safetensors")
+        assert adapter.arch == "sd1" and adapter.d_in == 3

@@ -65,9 +65,9 @@ def new_adapter(unet: nn.Module, d_in: int, tokens: int = 1, name: str = "") -> 
     return adapter
 
 
-def style_inputs(images, extractor, space, batch: int = 256) -> torch.Tensor:
-    """[N, K] components of every training image (its own style)."""
-    return space.to_components(extractor.embed_each(list(images), batch)).float()
+def style_inputs(images, extractor, space, batch: int = 64) -> torch.Tensor:
+    """[N, K] components of every training image (its own style), on the CPU."""
+    return space.to_components(extractor.embed_each(list(images), batch).cpu()).float()
 
 
 def group_references(labels: np.ndarray, size: int):
@@ -136,8 +136,7 @@ def sd1_data(args):
     paths, captions = sd1.captioned_images(args.data)
 
     def batch(idx):
-        pixels = torch.stack([sd1.load_pixels(paths[i], args.resolution) for i in idx])
-        return base.encode(pixels.to(base.vae.device))
+        return base.encode(torch.stack([sd1.load_pixels(paths[i], args.resolution) for i in idx]))
     return base, base.noise_scheduler, paths, np.array(captions, dtype=object), sd1.artist_labels(paths), batch
 
 
@@ -149,11 +148,19 @@ def run(args: argparse.Namespace) -> dict:
 
     if bool(args.world) == bool(args.sd_model):
         raise SystemExit("train-adapter needs --world (the demo world) or --sd-model (SD1.x), not both")
+    from .commands import ADAPTER_DEFAULTS
+
+    defaults = ADAPTER_DEFAULTS["sd1" if args.sd_model else "world"]
+    args.batch, args.lr = args.batch or defaults["batch"], args.lr or defaults["lr"]
     torch.manual_seed(args.seed)
-    accelerator = Accelerator(cpu=args.cpu)
-    extractor, space = Extractor.load(args.extractor), StyleSpace.load(args.space)
+    accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision)
+    extractor, space = Extractor.load(args.extractor, accelerator.device), StyleSpace.load(args.space)
     base, noise_scheduler, images, captions, labels, latents_of = (sd1_data if args.sd_model else icon_world_data)(args)
     styles = style_inputs(images, extractor, space)
+    extractor.to("cpu")  # its memory goes back to the UNet
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision)
+    if half is not None:  # frozen weights stored in the autocast dtype, as IP-Adapter's recipe does
+        base.to(half)
     adapter = new_adapter(base.unet, space.k, args.tokens, name=args.name)
     model = StyledDenoiser(base, adapter)
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=args.lr, weight_decay=0.01)

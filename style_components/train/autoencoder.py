@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> dict:
     from accelerate import Accelerator
 
     torch.manual_seed(args.seed)
-    accelerator = Accelerator(cpu=args.cpu)
+    accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision)
     data = dataset.load(args.data)
     pixels = world.to_pixels(data.images)
     if args.decoder_of:

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> dict:
     from diffusers import DDPMScheduler
 
     torch.manual_seed(args.seed)
-    accelerator = Accelerator(cpu=args.cpu)
+    accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision)
     ae_world = world_lib.IconWorld.load(args.autoencoder, parts=("autoencoder",))
     data = dataset.load(args.data)
     vocab = sorted({w for n in data.names for w in world_lib.words(n)})

@@ -84,16 +84,25 @@ def atlas_arguments(p: argparse.ArgumentParser) -> None:
 
 
 
-def _loop_arguments(p: argparse.ArgumentParser, steps: int, batch: int | None, lr: float) -> None:
-    """The arguments of train/loop.run, shared by every trainer (batch: None when it has its own)."""
+# train-adapter's defaults: the demo world's small base, or a real SD1.x model (IP-Adapter's recipe;
+# a batch of 128 512 px images would not fit a GPU)
+ADAPTER_DEFAULTS = {"world": {"batch": 128, "lr": 1e-3}, "sd1": {"batch": 8, "lr": 1e-4}}
+
+
+def _loop_arguments(p: argparse.ArgumentParser, steps: int, batch: int | None, lr: float | None) -> None:
+    """The arguments of train/loop.run, shared by every trainer (batch, lr: None when it has its own)."""
     p.add_argument("--steps", type=int, default=steps, help="total optimiser steps (the LR schedule's length)")
     if batch is not None:
         p.add_argument("--batch", type=int, default=batch, help="images per step")
-    p.add_argument("--lr", type=float, default=lr)
+    if lr is not None:
+        p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps")
     p.add_argument("--max-minutes", type=float, default=0, help="stop (resumably) after this many minutes")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is there")
+    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"),
+                   help="autocast (default: accelerate's configuration, else no); train-adapter also "
+                        "stores its frozen base in this dtype (half the memory)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -141,4 +150,8 @@ def adapter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group-size", type=int, default=4, help="images averaged per --reference group style")
     p.add_argument("--name", default="icon-style-adapter", help="adapter display name")
     _weighting_argument(p)
-    _loop_arguments(p, steps=1200, batch=128, lr=1e-3)
+    _loop_arguments(p, steps=1200, batch=None, lr=None)
+    world, sd1 = ADAPTER_DEFAULTS["world"], ADAPTER_DEFAULTS["sd1"]
+    p.add_argument("--batch", type=int, help=f"images per step (default {world['batch']}; --sd-model: {sd1['batch']})")
+    p.add_argument("--lr", type=float, help=f"learning rate (default {world['lr']:g}; --sd-model: {sd1['lr']:g}, "
+                                            "IP-Adapter's recipe)")

@@ -53,7 +53,7 @@ def train(args: argparse.Namespace) -> dict:
 
     if args.size not in ICON_SIDES:
         raise ValueError(f"--size {args.size}: an icon encoder takes {' or '.join(map(str, ICON_SIDES))} px")
-    accelerator = Accelerator(cpu=args.cpu)
+    accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision)
     set_seed(args.seed)
     data = dataset.load(args.data)
     train_part, held = data.subset(~data.heldout), data.subset(data.heldout)

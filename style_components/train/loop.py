@@ -71,22 +71,30 @@ def run(accelerator, run_dir, model: torch.nn.Module, optimizer, loss_fn: Callab
     schedule = cosine_with_warmup(optimizer, steps)
     ckpt = run_dir / "checkpoint.pt"
     step, history = 0, {"step": [], "loss": [], "seconds": 0.0}
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
     if ckpt.exists() and not restart:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         if state["settings"] != json.loads(json.dumps(settings)):
             raise ValueError(f"{ckpt} was made with other settings ({state['settings']}); use --restart to start over")
-        model.load_state_dict(state["model"])
+        missing, unexpected = model.load_state_dict(state["model"], strict=False)
+        if unexpected or set(missing) - frozen:
+            raise ValueError(f"{ckpt} does not fit this model (missing {sorted(set(missing) - frozen)[:5]}, "
+                             f"unexpected {unexpected[:5]}); use --restart to start over")
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         step = int(state["step"])
         history = json.loads((run_dir / "history.json").read_text())
         accelerator.print(f"resumed from {ckpt} at step {step}")
-    model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
+    # The schedule stays outside `prepare`: accelerate would step it once per process per step,
+    # and a run on N GPUs would reach the end of its cosine after 1/N of its steps.
+    model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
 
     def save() -> None:
         if accelerator.is_main_process:
-            torch.save({"model": unwrapped.state_dict(), "optimizer": optimizer.state_dict(),
+            # the frozen parts (a whole SD1 model under a small adapter) come from the command line
+            trained = {k: v for k, v in unwrapped.state_dict().items() if k not in frozen}
+            torch.save({"model": trained, "optimizer": optimizer.state_dict(),
                         "schedule": schedule.state_dict(), "step": step,
                         "settings": json.loads(json.dumps(settings))}, ckpt)
             (run_dir / "history.json").write_text(json.dumps(history))
@@ -115,7 +123,7 @@ def run(accelerator, run_dir, model: torch.nn.Module, optimizer, loss_fn: Callab
             accelerator.print(f"\nstep {step}: {eval_label} {value:.3f} ({history['seconds'] / 60:.1f} min)")
         if step % save_every == 0:
             save()
-        if max_minutes and time.time() - t0 > 60 * max_minutes and step < steps:
+        if max_minutes and step < steps and _agreed(accelerator, time.time() - t0 > 60 * max_minutes):
             accelerator.print(f"\nstopped after --max-minutes at step {step}/{steps}: run again to resume")
             break
     bar.close()
@@ -125,6 +133,15 @@ def run(accelerator, run_dir, model: torch.nn.Module, optimizer, loss_fn: Callab
     model.eval()
     return {"step": step, "steps": steps, "finished": step >= steps, "minutes": round(history["seconds"] / 60, 2),
             "run_dir": str(run_dir)}
+
+
+def _agreed(accelerator, flag: bool) -> bool:
+    """The main process's flag on every process: each process reading its own clock could stop
+    one a step before the others, which would then wait for it forever in their next all-reduce."""
+    if accelerator.num_processes == 1:
+        return flag
+    from accelerate.utils import broadcast
+    return bool(broadcast(torch.tensor([float(flag)], device=accelerator.device), from_process=0).item())
 
 
 def batch_rng(seed: int, step: int, process: int = 0) -> np.random.Generator:

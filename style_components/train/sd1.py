@@ -28,7 +28,7 @@ def captioned_images(folder) -> tuple[list[Path], list[str]]:
     captions = []
     for p in paths:
         txt = p.with_suffix(".txt")
-        captions.append(txt.read_text(encoding="utf-8").strip() if txt.is_file() else "")
+        captions.append(txt.read_text(encoding="utf-8-sig").strip() if txt.is_file() else "")  # -sig: Windows BOM
     return paths, captions
 
 
@@ -54,16 +54,20 @@ class SD1Denoiser(nn.Module):
         from transformers import CLIPTextModel, CLIPTokenizer
 
         folder = Path(folder)
-        self.unet = UNet2DConditionModel.from_pretrained(folder / "unet")
-        self.vae = AutoencoderKL.from_pretrained(folder / "vae").requires_grad_(False).eval()
-        self.text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder").requires_grad_(False).eval()
+        # float32 whatever the folder holds (many are saved in fp16, and transformers 5 loads them
+        # so by default): the trainer casts the frozen parts itself when asked for mixed precision
+        self.unet = UNet2DConditionModel.from_pretrained(folder / "unet").float()
+        self.vae = AutoencoderKL.from_pretrained(folder / "vae").float().requires_grad_(False).eval()
+        self.text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder").float().requires_grad_(False).eval()
         self.tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
         self.noise_scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
         self.unet.requires_grad_(False)
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(pixels).latent_dist.sample() * self.vae.config.scaling_factor
+        """[B, 3, R, R] pixels in [-1, 1] -> float32 latents, on the VAE's device and in its dtype."""
+        pixels = pixels.to(self.vae.device, self.vae.dtype)
+        return (self.vae.encode(pixels).latent_dist.sample() * self.vae.config.scaling_factor).float()
 
     def forward(self, latents, t, names):
         ids = self.tokenizer(list(names), padding="max_length", max_length=self.tokenizer.model_max_length,

@@ -1,0 +1,36 @@
+"""Run by tests/test_train_loop.py under `torch.distributed.run --nproc_per_node 2` (gloo, CPU):
+train/loop.run as every trainer calls it, recording each step's learning rate, then a run whose
+processes disagree on --max-minutes (as clocks can). Writes OUT/rank<N>.json."""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from style_components.train import loop
+
+out = Path(sys.argv[1])
+accelerator = Accelerator(cpu=True)
+rank = accelerator.process_index
+record = {}
+
+
+def train(name, steps, max_minutes):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    lrs = record.setdefault(name, [])
+
+    def loss_fn(step, model):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        return model(torch.ones(4, 2)).pow(2).mean()
+    return loop.run(accelerator, out / name / f"rank{rank}", model, optimizer, loss_fn, steps=steps, settings={},
+                    title=name, progress=False, max_minutes=max_minutes)["step"]
+
+
+train("schedule", 10, 0)
+# rank 0's clock says the time is up after the first step, rank 1's never does
+record["stopped_at"] = train("stop", 10, 1e-9 if rank == 0 else 1e6)
+(out / f"rank{rank}.json").write_text(json.dumps(record))

@@ -1,0 +1,55 @@
+"""train/loop.run on two processes (torch.distributed, gloo on the CPU), as `accelerate launch`
+runs every trainer on several GPUs."""
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from style_components.train import loop
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    job = Path(__file__).with_name("ddp_loop_job.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), str(job), str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={
+        **__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def one_process_lrs(steps: int) -> list[float]:
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0)
+    schedule, lrs = loop.cosine_with_warmup(optimizer, steps), []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return lrs
+
+
+def test_each_process_follows_the_one_process_schedule(two_processes):
+    """accelerate steps a prepared schedule once per process: on N GPUs the cosine ended after 1/N
+    of the steps (here: learning rate 0 from step 6 of 10)."""
+    want = one_process_lrs(10)
+    for rank in two_processes:
+        assert rank["schedule"] == pytest.approx(want)
+    assert want[-1] > 0.02
+
+
+def test_processes_stop_together_on_max_minutes(two_processes):
+    """The main process decides; a process stopping alone leaves the others waiting in an all-reduce."""
+    assert [rank["stopped_at"] for rank in two_processes] == [1, 1]
