@@ -61,6 +61,22 @@ def test_captions_beside_images(tmp_path):
         sd1.captioned_images(tmp_path / "empty")
 
 
+def test_clip_skip_takes_an_earlier_layer_through_the_final_norm(tmp_path):
+    """A1111's Clip skip 2 (NAI-style anime models): the states one layer before the last, after
+    the final LayerNorm (modules/sd_hijack_clip.py, encode_with_transformers)."""
+    tiny_sd1(tmp_path)
+    last, skip2 = sd1.SD1Denoiser(tmp_path), sd1.SD1Denoiser(tmp_path, clip_skip=2)
+    names = ["a red square", ""]
+    ids = last.tokenizer(names, padding="max_length", max_length=16, return_tensors="pt").input_ids
+    text = getattr(last.text_encoder, "text_model", last.text_encoder)  # transformers 4 / 5
+    with torch.no_grad():  # the tiny encoder has one layer: the state before it is the embeddings'
+        want = text.final_layer_norm(text.embeddings(input_ids=ids))
+    torch.testing.assert_close(skip2.text_condition(names), want)
+    assert not torch.allclose(last.text_condition(names), want, atol=1e-3)
+    with pytest.raises(ValueError, match="clip-skip 0"):
+        sd1.SD1Denoiser(tmp_path, clip_skip=0)
+
+
 def test_train_adapter_on_an_sd1_folder(tmp_path, data_dir):
     model = tmp_path / "sd15"
     tiny_sd1(model)

@@ -132,7 +132,7 @@ def sd1_data(args):
     """An SD1.x diffusers folder and a captioned image folder (sub-folders: artists); latents encoded per batch."""
     from . import sd1
 
-    base = sd1.SD1Denoiser(args.sd_model)
+    base = sd1.SD1Denoiser(args.sd_model, args.clip_skip)
     paths, captions = sd1.captioned_images(args.data)
 
     def batch(idx):
@@ -183,6 +183,9 @@ def run(args: argparse.Namespace) -> dict:
                 "space": files.short_hash(args.space), **weighting(args.snr_gamma)}
     if args.reference == "group":  # (absent for self: checkpoints from before the option still resume)
         settings["reference"] = f"group of {args.group_size}"
+    if args.sd_model:  # what else a resume must not change (a run can be resumed from another folder)
+        settings.update(base=str((Path(args.sd_model) / "unet").resolve()), resolution=args.resolution,
+                        clip_skip=args.clip_skip, extractor=files.short_hash(args.extractor))
     result = loop.run(accelerator, args.run_dir, model, optimizer, loss_fn, steps=args.steps, settings=settings,
                       title=f"style adapter ({weighting_title(args.snr_gamma)} loss)", save_every=args.save_every,
                       max_minutes=args.max_minutes, progress=not args.no_progress, restart=args.restart)

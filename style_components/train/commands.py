@@ -141,6 +141,8 @@ def adapter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--world", help="icon_world.safetensors from train-base (kept frozen)")
     p.add_argument("--sd-model", help="an SD1.x model as a diffusers folder (kept frozen), instead of --world")
     p.add_argument("--resolution", type=int, default=512, help="with --sd-model: training image size")
+    p.add_argument("--clip-skip", type=int, default=1, help="with --sd-model: CLIP layer of the text condition "
+                                                            "counted from the last, as A1111's setting (2 for NAI-style models)")
     p.add_argument("--extractor", required=True, help="style extractor .safetensors")
     p.add_argument("--space", required=True, help="style space .safetensors (its K is the adapter's input size)")
     p.add_argument("--tokens", type=int, default=1, help="style tokens (1: the fast per-layer bias)")

@@ -48,8 +48,11 @@ def load_pixels(path, resolution: int) -> torch.Tensor:
 class SD1Denoiser(nn.Module):
     """A diffusers SD1.x model: frozen VAE and text encoder; forward(latents, t, names) -> UNet output."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, clip_skip: int = 1):
         super().__init__()
+        if clip_skip < 1:
+            raise ValueError(f"--clip-skip {clip_skip}: 1 is the last CLIP layer, 2 the one before (NAI-style anime models)")
+        self.clip_skip = clip_skip
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -69,9 +72,17 @@ class SD1Denoiser(nn.Module):
         pixels = pixels.to(self.vae.device, self.vae.dtype)
         return (self.vae.encode(pixels).latent_dist.sample() * self.vae.config.scaling_factor).float()
 
-    def forward(self, latents, t, names):
+    @torch.no_grad()
+    def text_condition(self, names) -> torch.Tensor:
+        """Captions -> [B, 77, 768] CLIP text states, the UNet's cross-attention context."""
         ids = self.tokenizer(list(names), padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids.to(latents.device)
-        with torch.no_grad():
-            context = self.text_encoder(ids)[0]
-        return self.unet(latents, t, encoder_hidden_states=context).sample
+                             truncation=True, return_tensors="pt").input_ids.to(self.text_encoder.device)
+        if self.clip_skip == 1:
+            return self.text_encoder(ids)[0]
+        # as A1111's "Clip skip" setting: an earlier layer's states, through the final LayerNorm
+        hidden = self.text_encoder(ids, output_hidden_states=True).hidden_states[-self.clip_skip]
+        text_model = getattr(self.text_encoder, "text_model", self.text_encoder)  # transformers 4 / 5
+        return text_model.final_layer_norm(hidden)
+
+    def forward(self, latents, t, names):
+        return self.unet(latents, t, encoder_hidden_states=self.text_condition(names)).sample
