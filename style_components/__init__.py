@@ -18,6 +18,7 @@ _EXPORTS = {
     "apply": "inject",
     "remove_all": "inject",
     "cfg_rows": "inject",
+    "guidance_rows": "inject",
     "NULL": "inject",
     "find_attn2": "layers",
     "PRESETS": "layers",

@@ -44,6 +44,25 @@ def cfg_rows(n_images: int, cond_first: bool = True) -> list[int]:
     return cond + uncond if cond_first else uncond + cond
 
 
+def guidance_rows(styles: Sequence[int], cond_first: bool = True) -> RowResolver:
+    """A `rows` function for a host that calls the UNet with one cond row per image (image i takes
+    style styles[i]) and, under CFG, as many null-style uncond rows in the same call: after the
+    cond rows (cond_first: A1111, the loop in README) or before them (diffusers pipelines). A call
+    of just the cond rows (guidance scale <= 1) is understood too."""
+    styles = list(styles)
+    n = len(styles)
+
+    def rows(args: tuple, kwargs: dict) -> list[int]:
+        x = args[0] if args else kwargs.get("sample", kwargs.get("x"))
+        if x.shape[0] == n:
+            return styles
+        if x.shape[0] == 2 * n:
+            return styles + [NULL] * n if cond_first else [NULL] * n + styles
+        raise StyleComponentsError(f"the UNet was called with {x.shape[0]} rows; the style rows are for "
+                                   f"{n} images ({n} or {2 * n} rows with guidance)")
+    return rows
+
+
 def apply(unet: nn.Module, adapter: Adapter, style_inputs: torch.Tensor, strength: float = 1.0,
           weights: str | Sequence[float] = "all", start: float = 0.0, end: float = 1.0,
           rows: Sequence[int] | RowResolver | None = None, trainable: bool = False) -> "StyleHandle":
@@ -199,19 +218,20 @@ class _StyleTerm:
         q = kept[1] if kept is not None and kept[0] is x else self.module.to_q(x)  # a host may fuse QKV
         return out + self._attention(q, rows, out)
 
-    def _cached(self, key: tuple | None, compute):
-        """compute() once per style table and `key` (None: on every call); every call while training."""
+    def _cached(self, kind: str, key: tuple | None, compute):
+        """compute() once per style table and `key` (None: on every call); every call while training.
+
+        One slot per kind (bias, keys, values): a new key replaces only its own kind's value."""
         if self.handle.trainable and torch.is_grad_enabled():
             return compute()
         if key is None:
             with torch.no_grad():
                 return compute()
         key = (self.handle.version, *key)
-        if key not in self._cache:
-            self._cache.clear()
+        if self._cache.get(kind, (None,))[0] != key:
             with torch.no_grad():
-                self._cache[key] = compute()
-        return self._cache[key]
+                self._cache[kind] = (key, compute())
+        return self._cache[kind][1]
 
     def _project(self, v: torch.Tensor) -> torch.Tensor:
         """W_o v without the bias, through the out-projection module rather than its weight: its
@@ -232,7 +252,7 @@ class _StyleTerm:
             bias = lambda t: self._project(self.values.to_v_ip(t)[:, 0].to(out.device)).float()  # noqa: E731
             return (self.weight * self.handle.per_style(bias, self.handle.tokens)).to(out.dtype)
         key = None if w_o.is_meta else (out.dtype, out.device, w_o._version, w_o.data_ptr())
-        return self._cached(key, compute)
+        return self._cached("bias", key, compute)
 
     def _attention(self, q: torch.Tensor, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Decoupled attention of the layer's queries over the style tokens, through W_o (no bias).
@@ -244,10 +264,10 @@ class _StyleTerm:
         tokens, each = self.handle.tokens, self.handle.per_style
         w_o = self.out_proj.weight
         keys = lambda: each(self.values.to_k_ip, tokens).to(out.device, out.dtype)  # noqa: E731
-        values = lambda: each(self._values_through_out, tokens).to(out.device, out.dtype)  # noqa: E731
-        k = self._cached((out.dtype, out.device), keys)[rows]
+        values = lambda: each(lambda t: self._values_through_out(t, out.device), tokens).to(out.dtype)  # noqa: E731
+        k = self._cached("keys", (out.dtype, out.device), keys)[rows]
         key = None if w_o.is_meta else (out.dtype, out.device, w_o._version, w_o.data_ptr())
-        v = self._cached(key, values)[rows]                                   # [B, heads, T, C]
+        v = self._cached("values", key, values)[rows]                          # [B, heads, T, C]
         b, n, inner = q.shape
         q = q.reshape(b, n, self.heads, inner // self.heads).transpose(1, 2)   # [B, heads, N, d]
         k = k.reshape(b, -1, self.heads, inner // self.heads).transpose(1, 2)  # [B, heads, T, d]
@@ -256,10 +276,11 @@ class _StyleTerm:
         # one matmul over (head, token) pairs: [B, N, heads*T] @ [B, heads*T, C]
         return self.weight * (probs.transpose(1, 2).reshape(b, n, -1) @ v.flatten(1, 2)).to(out.dtype)
 
-    def _values_through_out(self, style_tokens: torch.Tensor) -> torch.Tensor:
-        """[S, T, C_ctx] style tokens -> [S, heads, T, C]: each head's V_ip rows, alone in that
-        head's slot of the inner dimension, through W_o without its bias."""
-        v = self.values.to_v_ip(style_tokens)                                  # [S, T, inner]
+    def _values_through_out(self, style_tokens: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """[S, T, C_ctx] style tokens -> [S, heads, T, C] on `device` (the UNet's; the adapter may
+        sit elsewhere): each head's V_ip rows, alone in that head's slot of the inner dimension,
+        through W_o without its bias."""
+        v = self.values.to_v_ip(style_tokens).to(device)                       # [S, T, inner]
         s, t, inner = v.shape
         d = inner // self.heads
         slots = v.new_zeros(s, self.heads, t, self.heads, d)

@@ -385,6 +385,43 @@ def test_sequential_cpu_offload_gives_the_same_styled_output(tokens):
     assert torch.equal(run_diffusers(unet, inputs), base)
 
 
+@pytest.mark.parametrize("tokens", [1, 4])
+def test_the_adapter_may_sit_on_another_device_than_the_unet(tokens):
+    """Adapter files load on the CPU and the host moves the UNet to the GPU (found in review: the
+    4-token term sent CPU values through a GPU W_o). A meta UNet stands in for the GPU here."""
+    unet = diffusers_unet(SMALL_SD1_DIFFUSERS, device="meta")
+    adapter = adapter_for(unet, tokens=tokens)
+    inputs = (torch.randn(2, 4, 16, 16, device="meta"), torch.full((2,), 500, device="meta"),
+              torch.randn(2, 77, 64, device="meta"))
+    with apply(unet, adapter, torch.randn(1, 30), rows=cfg_rows(1)) as handle:
+        out = run_diffusers(unet, inputs)
+    assert out.is_meta and out.shape == (2, 4, 16, 16) and handle.layer_calls == 16
+
+
+@pytest.mark.parametrize("tokens", [1, 4])
+def test_style_terms_are_computed_once_per_style_table(tokens):
+    """The W_o-projected style values come from the cache on every call after the first (found in
+    review: the 4-token keys and values evicted each other, so both were computed on every call)."""
+    unet = diffusers_unet(SMALL_SD1_DIFFUSERS)
+    g = torch.Generator().manual_seed(10)
+    inputs = (torch.randn(2, 4, 16, 16, generator=g), torch.full((2,), 500), torch.randn(2, 77, 64, generator=g))
+    calls = []
+    counters = [layer.module.to_out[0].register_forward_pre_hook(lambda m, a: calls.append(m))
+                for layer in find_attn2(unet)]
+    try:
+        run_diffusers(unet, inputs)
+        plain_calls = len(calls)
+        with apply(unet, adapter_for(unet, tokens=tokens), torch.randn(1, 30, generator=g), rows=cfg_rows(1)):
+            for _ in range(3):
+                run_diffusers(unet, inputs)
+    finally:
+        for h in counters:
+            h.remove()
+    # each layer's own W_o call per forward; plus, once, for each of the table's two styles (the
+    # style and the null style) two per layer: W_o of its values and of 0 (W_o's bias, taken off)
+    assert len(calls) == 4 * plain_calls + 2 * 2 * 16
+
+
 def test_bad_strength_weights_and_style_inputs_are_refused_clearly():
     """Found in review: strength="0.5" (a UI value left as text) failed inside the install, and the
     cleanup's AttributeError hid why; NaN inputs would have made NaN images."""
