@@ -157,7 +157,9 @@ def _add_extract(commands: argparse._SubParsersAction) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run
-    run(args.out, seed=args.seed, sweep_component=args.component - 1, steps=args.steps, strength=_strength(args))
+    from .demo import DEMO_DIR
+    run(args.out, seed=args.seed, sweep_component=args.component - 1, steps=args.steps, strength=_strength(args),
+        folder=args.models or DEMO_DIR)
 
 
 def _add_strength(parser: argparse.ArgumentParser) -> None:
@@ -171,6 +173,10 @@ def _strength(args: argparse.Namespace) -> float:
     return STRENGTH if args.strength is None else args.strength
 
 
+MODELS_HELP = ("folder with icon_world.safetensors, icon_style_adapter.safetensors, "
+               "icon_style_extractor.safetensors and icon_style_space.safetensors (default: models/demo)")
+
+
 def _add_demo(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser("demo", help="the shipped icon models: a grid of styled icons (the main job)",
                                description="Generate a grid with the demo models in models/demo: rows = icon "
@@ -180,6 +186,7 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--seed", type=int, default=0, help="seed of the first row (and of the random style)")
     demo.add_argument("--component", type=int, default=1, help="component swept in the last columns (1-based)")
     demo.add_argument("--steps", type=int, default=20, help="sampler steps")
+    demo.add_argument("--models", help=MODELS_HELP + "; and references/THEME/*.png, one column per theme")
     _add_strength(demo)
     demo.set_defaults(run=_demo)
 
@@ -237,7 +244,7 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
     gen.add_argument("--steps", type=int, default=20)
     gen.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
     gen.add_argument("--zoom", type=int, default=2, help="pixel zoom of the output")
-    gen.add_argument("--models", help="folder with the four demo files (default: models/demo)")
+    gen.add_argument("--models", help=MODELS_HELP)
     gen.add_argument("--out", default="style_components_generate.png")
     gen.set_defaults(run=_generate)
 

@@ -30,6 +30,33 @@ def test_demo_command_writes_the_grid(tmp_path, capsys):
     assert pixels.std() > 10  # icons drawn, not a blank sheet
 
 
+def test_demo_and_generate_read_another_models_folder(tmp_path, capsys):
+    """A world trained by the user: the same four files in another folder, its own references."""
+    import shutil
+    folder = tmp_path / "my_world"
+    folder.mkdir()
+    for name in ("icon_world", "icon_style_adapter", "icon_style_extractor", "icon_style_space"):
+        (folder / f"{name}.safetensors").symlink_to(DEMO_DIR / f"{name}.safetensors")
+    theme = sorted(d for d in (DEMO_DIR / "references").iterdir() if d.is_dir())[0]
+    shutil.copytree(theme, folder / "references" / "my-theme")
+    out = tmp_path / "demo.png"
+    assert cli.main(["demo", "--models", str(folder), "--out", str(out), "--steps", "2"]) == 0
+    cell = 32 * 2 + 2
+    assert Image.open(out).size[0] == 100 + (1 + 1 + 1 + 5) * cell + 2  # base, my-theme, random, sweep
+    assert cli.main(["generate", "folder", "--models", str(folder), "--n", "1", "--steps", "2",
+                     "--out", str(tmp_path / "g.png")]) == 0
+    capsys.readouterr()
+    assert cli.main(["demo", "--models", str(tmp_path / "nothing"), "--out", str(out)]) != 0
+    assert "icon_world.safetensors: file not found" in capsys.readouterr().err
+
+
+def test_the_reference_icons_draw_other_subjects_than_the_rows():
+    """A style column must show a theme's manner on new subjects, not a copy of its reference."""
+    references = sorted((DEMO_DIR / "references").glob("*/*.png"))
+    assert len(references) >= 10
+    assert not {p.stem for p in references} & set(NAMES)
+
+
 def test_demo_strength_reaches_every_styled_column(tmp_path):
     """--strength 0: every styled cell is the base cell of its row, bit for bit; the default differs."""
     cell, grids = 32 * 2 + 2, {}

@@ -158,6 +158,10 @@ def test_adapter_training_moves_the_adapter_and_evaluates(world_path, style_mode
     assert pairs["base"] == pytest.approx(pairs["chance"])
     assert 0 <= report["style_separability"]["adapter"] <= 1
     assert out.with_suffix(".png").stat().st_size > 1000
+    # one held-out name leaves the content classifier one class: refused before a minute of sampling
+    with pytest.raises(SystemExit, match="--names 1: at least 2"):
+        cli.main(["evaluate", str(data_dir), str(extractor), "--adapter", str(run / "adapter.safetensors"),
+                  "--world", str(world_path), "--space", str(space), "--names", "1"])
 
 
 def test_trainable_hooks_pass_gradients_to_the_adapter(world_path):

@@ -178,6 +178,8 @@ def run(args: argparse.Namespace) -> dict:
     if getattr(args, "adapter", None):
         if not (args.world and args.space):
             raise SystemExit("evaluate --adapter needs --world and --space")
+        if args.names < 2:  # the content classifier needs two names to tell apart
+            raise SystemExit(f"evaluate --adapter --names {args.names}: at least 2 held-out names")
         from . import fidelity
         return fidelity.run(args)
     report = evaluate(dataset.load(args.data), args.extractor)
