@@ -50,7 +50,7 @@ def sd1(folder: Path):
     pipe = StableDiffusionPipeline(
         vae=vae(), text_encoder=text_encoder(CLIPTextModel, len(tok), 64), tokenizer=tok,
         unet=real_weights(UNet2DConditionModel(**SMALL_SD1_DIFFUSERS)),
-        scheduler=DDIMScheduler(clip_sample=False, **SCHEDULER), safety_checker=None, feature_extractor=None,
+        scheduler=DDIMScheduler(clip_sample=False, steps_offset=1, **SCHEDULER), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
