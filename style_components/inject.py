@@ -196,15 +196,19 @@ class _StyleTerm:
 
     def __init__(self, layer: Attn2, values, weight: float, handle: StyleHandle):
         self.module, self.values, self.handle, self.weight = layer.module, values, handle, weight
-        self.out_proj: nn.Linear = layer.module.to_out[0]
         self.heads, self.scale = layer.module.heads, getattr(layer.module, "scale", None)
         self._cache: dict = {}
-        self._q: tuple | None = None  # (x, to_q(x)) of the layer's own forward, for the style term
+        self._q: tuple | None = None  # (to_q module, x, to_q(x)) of the layer's own forward
 
     def keep_query(self, module, args, out) -> None:
         """Forward hook on to_q: the layer's own Q, so the style term need not compute it again."""
         if self.handle.active:
-            self._q = (args[0] if args else None, out)
+            self._q = (module, args[0] if args else None, out)
+
+    @property
+    def out_proj(self) -> nn.Module:
+        """W_o as the layer has it now (a LoRA library may wrap it after the style was applied)."""
+        return self.module.to_out[0]
 
     def __call__(self, module, args, kwargs, out):
         if not self.handle.active:
@@ -215,7 +219,10 @@ class _StyleTerm:
             return out + self._bias(out)[rows].unsqueeze(1)
         x = args[0] if args else kwargs.get("x", kwargs.get("hidden_states"))
         kept, self._q = self._q, None
-        q = kept[1] if kept is not None and kept[0] is x else self.module.to_q(x)  # a host may fuse QKV
+        # Q as the layer computed it, unless the host made it another way (fused QKV) or to_q was
+        # wrapped after apply (PEFT's LoRA: the hooked module is then the wrapper's base layer)
+        same = kept is not None and kept[0] is self.module.to_q and kept[1] is x
+        q = kept[2] if same else self.module.to_q(x)
         return out + self._attention(q, rows, out)
 
     def _cached(self, kind: str, key: tuple | None, compute):
@@ -237,22 +244,31 @@ class _StyleTerm:
         """W_o v without the bias, through the out-projection module rather than its weight: its
         hooks then run (accelerate's offload loads W_o, a meta tensor until then; unmerged LoRA,
         A1111's lora_functional or PEFT's, adds its part). The bias is its output for 0."""
-        v = v.to(self.out_proj.weight.dtype)
-        return self.out_proj(v) - self.out_proj(v.new_zeros(1, v.shape[-1]))
+        out_proj = self.out_proj
+        weight = getattr(out_proj, "weight", None)
+        v = v.to(weight.dtype if isinstance(weight, torch.Tensor) else next(out_proj.parameters()).dtype)
+        return out_proj(v) - out_proj(v.new_zeros(1, v.shape[-1]))
 
     def _bias(self, out: torch.Tensor) -> torch.Tensor:
         """[S, C] = weight * W_o W_v_ip t for each style, in the output's dtype and device.
 
-        Cached per W_o version: hosts (A1111's LoRA) may rewrite W_o in place between calls.
-        An offloaded W_o (meta) has no version to follow: computed on every call then.
+        Cached per W_o version (hosts, A1111's LoRA, may rewrite W_o in place between calls);
+        recomputed on every call where W_o's version says too little (`_projection_key`).
         """
-        w_o = self.out_proj.weight
-
         def compute():
             bias = lambda t: self._project(self.values.to_v_ip(t)[:, 0].to(out.device)).float()  # noqa: E731
             return (self.weight * self.handle.per_style(bias, self.handle.tokens)).to(out.dtype)
-        key = None if w_o.is_meta else (out.dtype, out.device, w_o._version, w_o.data_ptr())
-        return self._cached("bias", key, compute)
+        return self._cached("bias", self._projection_key(out), compute)
+
+    def _projection_key(self, out: torch.Tensor) -> tuple | None:
+        """What a value projected through W_o depends on, or None (recompute on every call) when
+        that cannot be told: an offloaded (meta) W_o, or a wrapped or hooked one (PEFT's unmerged
+        LoRA) whose output changes when its adapters are switched or rescaled."""
+        out_proj = self.out_proj
+        if type(out_proj) is not nn.Linear or out_proj._forward_hooks or out_proj._forward_pre_hooks:
+            return None
+        w_o = out_proj.weight
+        return None if w_o.is_meta else (out.dtype, out.device, id(out_proj), w_o._version, w_o.data_ptr())
 
     def _attention(self, q: torch.Tensor, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Decoupled attention of the layer's queries over the style tokens, through W_o (no bias).
@@ -262,12 +278,10 @@ class _StyleTerm:
         call costs the scores and a [tokens x C] product per head instead of a [C x C] matmul.
         """
         tokens, each = self.handle.tokens, self.handle.per_style
-        w_o = self.out_proj.weight
         keys = lambda: each(self.values.to_k_ip, tokens).to(out.device, out.dtype)  # noqa: E731
         values = lambda: each(lambda t: self._values_through_out(t, out.device), tokens).to(out.dtype)  # noqa: E731
         k = self._cached("keys", (out.dtype, out.device), keys)[rows]
-        key = None if w_o.is_meta else (out.dtype, out.device, w_o._version, w_o.data_ptr())
-        v = self._cached("values", key, values)[rows]                          # [B, heads, T, C]
+        v = self._cached("values", self._projection_key(out), values)[rows]                          # [B, heads, T, C]
         b, n, inner = q.shape
         q = q.reshape(b, n, self.heads, inner // self.heads).transpose(1, 2)   # [B, heads, N, d]
         k = k.reshape(b, -1, self.heads, inner // self.heads).transpose(1, 2)  # [B, heads, T, d]

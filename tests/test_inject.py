@@ -397,27 +397,89 @@ def test_the_adapter_may_sit_on_another_device_than_the_unet(tokens):
 
 
 @pytest.mark.parametrize("tokens", [1, 4])
-def test_style_terms_are_computed_once_per_style_table(tokens):
+def test_style_terms_are_computed_once_per_style_table(tokens, monkeypatch):
     """The W_o-projected style values come from the cache on every call after the first (found in
     review: the 4-token keys and values evicted each other, so both were computed on every call)."""
+    from style_components import inject
     unet = diffusers_unet(SMALL_SD1_DIFFUSERS)
     g = torch.Generator().manual_seed(10)
     inputs = (torch.randn(2, 4, 16, 16, generator=g), torch.full((2,), 500), torch.randn(2, 77, 64, generator=g))
-    calls = []
-    counters = [layer.module.to_out[0].register_forward_pre_hook(lambda m, a: calls.append(m))
-                for layer in find_attn2(unet)]
-    try:
-        run_diffusers(unet, inputs)
-        plain_calls = len(calls)
-        with apply(unet, adapter_for(unet, tokens=tokens), torch.randn(1, 30, generator=g), rows=cfg_rows(1)):
-            for _ in range(3):
-                run_diffusers(unet, inputs)
-    finally:
-        for h in counters:
-            h.remove()
-    # each layer's own W_o call per forward; plus, once, for each of the table's two styles (the
-    # style and the null style) two per layer: W_o of its values and of 0 (W_o's bias, taken off)
-    assert len(calls) == 4 * plain_calls + 2 * 2 * 16
+    projected, keys = [], []
+    real_project = inject._StyleTerm._project
+    monkeypatch.setattr(inject._StyleTerm, "_project", lambda self, v: projected.append(1) or real_project(self, v))
+    adapter = adapter_for(unet, tokens=tokens)
+    if tokens > 1:
+        for layer in find_attn2(unet):
+            adapter.layer(layer.key).to_k_ip.register_forward_hook(lambda *_: keys.append(1))
+    with apply(unet, adapter, torch.randn(1, 30, generator=g), rows=cfg_rows(1)):
+        for _ in range(3):
+            run_diffusers(unet, inputs)
+    # once, for each of the table's two styles (the style and the null style), once per layer
+    assert len(projected) == 2 * 16
+    assert len(keys) == (2 * 16 if tokens > 1 else 0)
+
+
+class LoraWrapper(torch.nn.Module):
+    """A layer wrapped as PEFT's unmerged LoRA does it (peft/tuners/lora/layer.py, Linear): the
+    original Linear becomes `base_layer`; the output is base_layer(x) + scale * B(A(x))."""
+
+    def __init__(self, base: torch.nn.Linear, rank: int = 4, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.base_layer, self.scale = base, 1.0
+        self.lora_A = torch.nn.Parameter(torch.randn(rank, base.in_features, generator=g) * 0.3)
+        self.lora_B = torch.nn.Parameter(torch.randn(base.out_features, rank, generator=g) * 0.3)
+
+    @property
+    def weight(self):
+        return self.base_layer.weight
+
+    def forward(self, x):
+        return self.base_layer(x) + self.scale * (x @ self.lora_A.T @ self.lora_B.T)
+
+    def merged(self) -> torch.nn.Linear:
+        """The same function as one plain Linear (what the reference computes with)."""
+        base = self.base_layer
+        linear = torch.nn.Linear(base.in_features, base.out_features, bias=base.bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(base.weight + self.scale * self.lora_B @ self.lora_A)
+            if base.bias is not None:
+                linear.bias.copy_(base.bias)
+        return linear
+
+
+@pytest.mark.parametrize("tokens", [1, 4])
+def test_lora_wrapped_after_apply_and_rescaled_between_calls_is_followed(tokens):
+    """Found in review: a LoRA library wrapping to_q / to_out[0] after `apply` (diffusers'
+    load_lora_weights) was bypassed by the kept Q, and the cached W_o projection did not follow a
+    LoRA switched or rescaled between calls (its weight, the base layer's, never changes)."""
+    unet = diffusers_unet(SMALL_SD1_DIFFUSERS)
+    g = torch.Generator().manual_seed(11)
+    inputs = (torch.randn(2, 4, 16, 16, generator=g), torch.full((2,), 500), torch.randn(2, 77, 64, generator=g))
+    adapter, styles, rows = adapter_for(unet, tokens=tokens), torch.randn(1, 30, generator=g), cfg_rows(1)
+    layers = find_attn2(unet)
+    with apply(unet, adapter, styles, rows=rows):
+        run_diffusers(unet, inputs)  # caches filled before the LoRA arrives
+        wrappers = []
+        for i, layer in enumerate(layers):
+            layer.module.to_q = LoraWrapper(layer.module.to_q, seed=i)
+            layer.module.to_out[0] = LoraWrapper(layer.module.to_out[0], seed=100 + i)
+            wrappers += [layer.module.to_q, layer.module.to_out[0]]
+        got = {}
+        for scale in (1.0, 0.3):
+            for w in wrappers:
+                w.scale = scale
+            got[scale] = run_diffusers(unet, inputs)
+    for scale in (1.0, 0.3):  # the same UNet with each LoRA merged into a plain Linear
+        for w in wrappers:
+            w.scale = scale
+        for layer in layers:
+            layer.module.to_q, layer.module.to_out[0] = layer.module.to_q.merged(), layer.module.to_out[0].merged()
+        want = expected(unet, run_diffusers, inputs, adapter, styles, rows)
+        for layer, (q, o) in zip(layers, zip(wrappers[::2], wrappers[1::2])):
+            layer.module.to_q, layer.module.to_out[0] = q, o
+        assert close(got[scale], want), scale
+    assert not close(got[1.0], got[0.3])
 
 
 def test_bad_strength_weights_and_style_inputs_are_refused_clearly():

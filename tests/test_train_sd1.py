@@ -75,6 +75,8 @@ def test_clip_skip_takes_an_earlier_layer_through_the_final_norm(tmp_path):
     assert not torch.allclose(last.text_condition(names), want, atol=1e-3)
     with pytest.raises(ValueError, match="clip-skip 0"):
         sd1.SD1Denoiser(tmp_path, clip_skip=0)
+    with pytest.raises(ValueError, match="clip-skip 3: this text encoder has 1 layers"):
+        sd1.SD1Denoiser(tmp_path, clip_skip=3)
 
 
 def test_train_adapter_on_an_sd1_folder(tmp_path, data_dir):

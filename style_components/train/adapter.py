@@ -151,7 +151,8 @@ def run(args: argparse.Namespace) -> dict:
     from .commands import ADAPTER_DEFAULTS
 
     defaults = ADAPTER_DEFAULTS["sd1" if args.sd_model else "world"]
-    args.batch, args.lr = args.batch or defaults["batch"], args.lr or defaults["lr"]
+    args.batch = defaults["batch"] if args.batch is None else args.batch
+    args.lr = defaults["lr"] if args.lr is None else args.lr
     torch.manual_seed(args.seed)
     accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision)
     extractor, space = Extractor.load(args.extractor, accelerator.device), StyleSpace.load(args.space)

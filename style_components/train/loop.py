@@ -71,7 +71,7 @@ def run(accelerator, run_dir, model: torch.nn.Module, optimizer, loss_fn: Callab
     schedule = cosine_with_warmup(optimizer, steps)
     ckpt = run_dir / "checkpoint.pt"
     step, history = 0, {"step": [], "loss": [], "seconds": 0.0}
-    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
     if ckpt.exists() and not restart:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         if state["settings"] != json.loads(json.dumps(settings)):
@@ -108,7 +108,8 @@ def run(accelerator, run_dir, model: torch.nn.Module, optimizer, loss_fn: Callab
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         optimizer.step()
-        schedule.step()
+        if not accelerator.optimizer_step_was_skipped:  # fp16's loss scaler skips steps that overflow
+            schedule.step()
         step += 1
         history["step"].append(step)
         history["loss"].append(float(loss.item()))

@@ -63,6 +63,9 @@ class SD1Denoiser(nn.Module):
         self.vae = AutoencoderKL.from_pretrained(folder / "vae").float().requires_grad_(False).eval()
         self.text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder").float().requires_grad_(False).eval()
         self.tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+        layers = self.text_encoder.config.num_hidden_layers
+        if clip_skip > layers + 1:  # layers + 1: the token embeddings themselves
+            raise ValueError(f"--clip-skip {clip_skip}: this text encoder has {layers} layers")
         self.noise_scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
         self.unet.requires_grad_(False)
 
