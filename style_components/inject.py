@@ -18,7 +18,6 @@ import weakref
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .adapter import Adapter
@@ -281,7 +280,7 @@ class _StyleTerm:
         keys = lambda: each(self.values.to_k_ip, tokens).to(out.device, out.dtype)  # noqa: E731
         values = lambda: each(lambda t: self._values_through_out(t, out.device), tokens).to(out.dtype)  # noqa: E731
         k = self._cached("keys", (out.dtype, out.device), keys)[rows]
-        v = self._cached("values", self._projection_key(out), values)[rows]                          # [B, heads, T, C]
+        v = self._cached("values", self._projection_key(out), values)[rows]   # [B, heads, T, C]
         b, n, inner = q.shape
         q = q.reshape(b, n, self.heads, inner // self.heads).transpose(1, 2)   # [B, heads, N, d]
         k = k.reshape(b, -1, self.heads, inner // self.heads).transpose(1, 2)  # [B, heads, T, d]
