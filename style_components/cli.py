@@ -156,8 +156,7 @@ def _add_extract(commands: argparse._SubParsersAction) -> None:
 # --- demo and generate ---------------------------------------------------------------------
 
 def _demo(args: argparse.Namespace) -> None:
-    from .demo import run
-    from .demo import DEMO_DIR
+    from .demo import DEMO_DIR, run
     run(args.out, seed=args.seed, sweep_component=args.component - 1, steps=args.steps, strength=_strength(args),
         folder=args.models or DEMO_DIR)
 

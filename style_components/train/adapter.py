@@ -67,7 +67,7 @@ def new_adapter(unet: nn.Module, d_in: int, tokens: int = 1, name: str = "") -> 
 
 def style_inputs(images, extractor, space, batch: int = 64) -> torch.Tensor:
     """[N, K] components of every training image (its own style), on the CPU."""
-    return space.to_components(extractor.embed_each(list(images), batch).cpu()).float()
+    return space.to_components(extractor.embed_each(list(images), batch)).float()
 
 
 def group_references(labels: np.ndarray, size: int):
@@ -179,14 +179,15 @@ def run(args: argparse.Namespace) -> dict:
         return diffusion_loss(model, latents_of(idx).to(accelerator.device), rng, noise_scheduler, args.snr_gamma,
                               names=batch_names, styles=batch_styles, rows=rows)
 
-    base_file = args.world or str(Path(args.sd_model) / "unet")
+    # (resolved: a run can be resumed from another folder)
+    base_file = args.world or str((Path(args.sd_model) / "unet").resolve())
     settings = {"batch": args.batch, "lr": args.lr, "tokens": args.tokens, "k": space.k, "base": base_file,
                 "space": files.short_hash(args.space), **weighting(args.snr_gamma)}
     if args.reference == "group":  # (absent for self: checkpoints from before the option still resume)
         settings["reference"] = f"group of {args.group_size}"
-    if args.sd_model:  # what else a resume must not change (a run can be resumed from another folder)
-        settings.update(base=str((Path(args.sd_model) / "unet").resolve()), resolution=args.resolution,
-                        clip_skip=args.clip_skip, extractor=files.short_hash(args.extractor))
+    if args.sd_model:  # what else a resume must not change
+        settings.update(resolution=args.resolution, clip_skip=args.clip_skip,
+                        extractor=files.short_hash(args.extractor))
     result = loop.run(accelerator, args.run_dir, model, optimizer, loss_fn, steps=args.steps, settings=settings,
                       title=f"style adapter ({weighting_title(args.snr_gamma)} loss)", save_every=args.save_every,
                       max_minutes=args.max_minutes, progress=not args.no_progress, restart=args.restart)

@@ -71,7 +71,7 @@ class SD1Denoiser(nn.Module):
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[B, 3, R, R] pixels in [-1, 1] -> float32 latents, on the VAE's device and in its dtype."""
+        """[B, 3, R, R] pixels in [-1, 1] (moved to the VAE's device and dtype) -> float32 latents."""
         pixels = pixels.to(self.vae.device, self.vae.dtype)
         return (self.vae.encode(pixels).latent_dist.sample() * self.vae.config.scaling_factor).float()
 
