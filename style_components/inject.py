@@ -245,7 +245,9 @@ class _StyleTerm:
         A1111's lora_functional or PEFT's, adds its part). The bias is its output for 0."""
         out_proj = self.out_proj
         weight = getattr(out_proj, "weight", None)
-        v = v.to(weight.dtype if isinstance(weight, torch.Tensor) else next(out_proj.parameters()).dtype)
+        dtype = weight.dtype if isinstance(weight, torch.Tensor) else next(out_proj.parameters()).dtype
+        if dtype.itemsize > 1:  # 8-bit weights (A1111's "FP8 weight") only run under the host's
+            v = v.to(dtype)     # autocast, which casts v itself: rounding it to 8 bits would lose 4 %
         return out_proj(v) - out_proj(v.new_zeros(1, v.shape[-1]))
 
     def _bias(self, out: torch.Tensor) -> torch.Tensor:
