@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import enum
 import importlib
+import io
 import json
 import math
 import pickle
-import types
 import warnings
 import zipfile
 from pathlib import Path
@@ -41,7 +41,6 @@ _ALLOWED = frozenset({
     "torch._utils._rebuild_tensor_v2",           # every tensor in a torch.save file
     "torch._utils._rebuild_parameter",           # nn.Parameter
     "numpy.ndarray",                             # numpy arrays (the PCA's fitted attributes)
-    "numpy.dtype",
     "numpy._core.multiarray._reconstruct",       # ndarray reconstruction, numpy >= 2 name
     "numpy.core.multiarray._reconstruct",        # ... numpy 1 name
     "numpy._core.multiarray.scalar",             # numpy scalars (e.g. PCA.noise_variance_)
@@ -90,8 +89,50 @@ class PickledPCA:
     runs none of its code."""
 
 
+# What numpy arrays and scalars of the PCA hold. A dtype with fields, a subarray or objects would
+# let the file's bytes be read as Python object pointers.
+_PLAIN_KINDS = "biufc"
+
+
+def _check_plain_dtype(dtype) -> None:
+    canonical = np.dtype(dtype.str) if isinstance(dtype, np.dtype) and dtype.kind in _PLAIN_KINDS else None
+    if canonical is None or dtype.fields is not None or dtype.subdtype is not None or dtype.hasobject \
+            or (dtype.flags, dtype.itemsize) != (canonical.flags, canonical.itemsize):
+        raise UnsafePickleError(f"refused numpy dtype {dtype!r}: only plain number types are read")
+
+
+def _numpy_dtype(spec, align=False, copy=False) -> np.dtype:
+    """Stands in for numpy.dtype: plain number types only, and always a new object (BUILD then
+    sets its byte order; numpy's shared dtype singletons are never touched)."""
+    if not isinstance(spec, str):
+        raise UnsafePickleError(f"refused a numpy dtype made from a {type(spec).__name__}")
+    try:
+        dtype = np.dtype(spec)
+    except TypeError:
+        raise UnsafePickleError(f"refused numpy dtype {spec!r}") from None
+    _check_plain_dtype(dtype)
+    return np.dtype(spec, copy=True)
+
+
+# torch.save names each storage by a class of this kind; it stands for a dtype (as in torch.load).
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool, "UntypedStorage": torch.uint8,
+}
+
+
+class StorageType:
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+
+
+_STORAGE_TYPES = {name: StorageType(dtype) for name, dtype in _STORAGE_DTYPES.items()}
+
 _SUBSTITUTES = {
     "_codecs.encode": _latin1_encode,
+    "numpy.dtype": _numpy_dtype,
     "torch._utils._rebuild_parameter_with_state": _rebuild_parameter_with_state,  # a Parameter with attributes
     "sklearn.decomposition._pca.PCA": PickledPCA,   # the style space's PCA object (sklearn >= 0.22)
     "sklearn.decomposition.pca.PCA": PickledPCA,    # ... its older module path
@@ -114,6 +155,8 @@ def resolve_global(module: str, name: str) -> Any:
     key = f"{module}.{name}"
     if key in _SUBSTITUTES:
         return _SUBSTITUTES[key]
+    if module == "torch" and name in _STORAGE_TYPES:
+        return _STORAGE_TYPES[name]
     if key in _ALLOWED:
         return _import(module, name)
     # Identifiers only: pickle would walk a dotted name such as "Linear.__init__.__globals__".
@@ -123,7 +166,9 @@ def resolve_global(module: str, name: str) -> Any:
             return vars(torch)[name]  # dtypes held as module attributes
         if _in_packages(module, _MODULE_PACKAGES):
             obj = _import(module, name)
-            if isinstance(obj, type) and issubclass(obj, (torch.nn.Module, enum.Enum)):
+            # defined there, not only imported there: timm re-exports enum.Enum, whose call makes classes
+            if isinstance(obj, type) and issubclass(obj, (torch.nn.Module, enum.Enum)) \
+                    and _in_packages(obj.__module__, _MODULE_PACKAGES):
                 return obj
     raise UnsafePickleError(f"refused to load {key}: it is not on the converter's allow-list "
                             f"(a genuine release never needs it, so the file may be malicious)")
@@ -163,12 +208,15 @@ class RestrictedUnpickler(pickle._Unpickler):
         if not isinstance(target, (np.ndarray, np.dtype)):  # these two take a tuple of data
             _check_state(state)
         super().load_build()
+        if isinstance(target, np.dtype):  # its state could have given it fields or objects
+            _check_plain_dtype(target)
 
     def load_reduce(self) -> None:
         # Only allow-listed globals are called; modules are rebuilt by NEWOBJ + BUILD (torch.save
         # never calls a Module class or instance, whose __init__/forward would run file-given arguments).
-        func = self.stack[-2]
-        if id(func) not in self._globals or (isinstance(func, type) and issubclass(func, torch.nn.Module)):
+        func, args = self.stack[-2:]
+        if id(func) not in self._globals or (isinstance(func, type) and issubclass(func, torch.nn.Module)) \
+                or (isinstance(func, enum.EnumMeta) and len(args) != 1):  # an Enum's value lookup, not its class factory
             raise UnsafePickleError(f"refused to call {getattr(func, '__qualname__', type(func).__name__)!r}")
         super().load_reduce()
 
@@ -228,23 +276,58 @@ def restricted_load(file, **kwargs) -> Any:
     return RestrictedUnpickler(file, **kwargs).load()
 
 
-# What torch.load needs of a pickle module: `Unpickler`, `load`, and a name for its dill check.
-_PICKLE_MODULE = types.SimpleNamespace(__name__=__name__, Unpickler=RestrictedUnpickler, load=restricted_load)
+class _TorchZipUnpickler(RestrictedUnpickler):
+    """data.pkl of a torch.save archive: storages are read from the archive's data/ records."""
+
+    def __init__(self, reader, path: Path) -> None:
+        super().__init__(io.BytesIO(reader.get_record("data.pkl")))
+        self.reader, self.path, self.storages = reader, path, {}
+
+    def persistent_load(self, saved_id) -> Any:
+        if not (isinstance(saved_id, tuple) and len(saved_id) == 5 and saved_id[0] in ("storage", b"storage")):
+            raise UnsafePickleError(f"refused persistent id {saved_id!r:.80}: torch.save writes only storages")
+        _, storage_type, key, _location, numel = saved_id
+        if not isinstance(storage_type, StorageType) or not isinstance(key, str) or type(numel) is not int \
+                or numel < 0:
+            raise ModelFileError(self.path, f"garbled storage record {saved_id!r:.80}")
+        if key not in self.storages:  # the reader checks that the record holds this many bytes
+            nbytes = numel * torch._utils._element_size(storage_type.dtype)
+            data = self.reader.get_storage_from_record(f"data/{key}", nbytes, torch.UntypedStorage)
+            self.storages[key] = torch.storage.TypedStorage(
+                wrap_storage=data._typed_storage()._untyped_storage, dtype=storage_type.dtype, _internal=True)
+        return self.storages[key]
+
+
+def _torch_zip_load(path: Path) -> Any:
+    """A torch.save archive, read with torch's own zip reader (the one torch.load uses, so both see
+    the same records) and unpickled here. torch.load is never called: it hands an archive with
+    TorchScript records to torch.jit.load, which runs code from the file."""
+    reader = torch._C.PyTorchFileReader(str(path))
+    if any(r.rsplit("/", 1)[-1] == "constants.pkl" for r in reader.get_all_records()):
+        raise ModelFileError(path, "is a TorchScript archive, not a torch.save file")
+    if not reader.has_record("data.pkl"):
+        raise ModelFileError(path, "is a zip archive without data.pkl, not a torch.save file")
+    if reader.has_record("byteorder") and reader.get_record("byteorder") != b"little":
+        raise ModelFileError(path, "was saved on a big-endian machine, which is not read")
+    return _TorchZipUnpickler(reader, path).load()
 
 
 def load_pickle(path) -> Any:
-    """Read a plain pickle or a torch.save file (zip or legacy format), building only allow-listed objects."""
+    """Read a plain pickle or a torch.save file (zip format), building only allow-listed objects."""
     path = Path(path)
     if not path.is_file():
-        raise ModelFileError(path, "file not found")
+        raise ModelFileError(path, "is not a file" if path.exists() else "file not found")
     try:
         if zipfile.is_zipfile(path):
-            _refuse_torchscript(path)
-            return _torch_load(path)
+            return _torch_zip_load(path)
         with open(path, "rb") as f:
             obj = restricted_load(f)
-        # A legacy torch.save file is a series of pickles, the first being torch's magic number.
-        return _torch_load(path) if type(obj) is int and obj == torch.serialization.MAGIC_NUMBER else obj
+        if type(obj) is int and obj == torch.serialization.MAGIC_NUMBER:
+            # torch.load's reader for it trusts the file (it writes files the pickle names and
+            # extracts tar members); torch has saved zip archives since 1.6 (2020)
+            raise ModelFileError(path, "is a torch.save file in the legacy format (torch < 1.6), which is not "
+                                       "read: only zip-format torch.save files and plain pickles are")
+        return obj
     except UnsafePickleError as e:
         raise UnsafePickleError(f"{path}: {e}") from None
     except StyleComponentsError:
@@ -253,17 +336,6 @@ def load_pickle(path) -> Any:
         raise ModelFileError(path, f"needs {e.name or e}, which is not installed") from None
     except Exception as e:  # whatever a truncated or foreign file makes the unpickler raise
         raise ModelFileError(path, f"not a readable pickle or torch.save file ({type(e).__name__}: {e})") from None
-
-
-def _refuse_torchscript(path: Path) -> None:
-    # torch.load hands TorchScript archives to torch.jit.load, which our unpickler would not see.
-    with zipfile.ZipFile(path) as z:
-        if any(n.rsplit("/", 1)[-1] == "constants.pkl" for n in z.namelist()):
-            raise ModelFileError(path, "is a TorchScript archive, not a torch.save file")
-
-
-def _torch_load(path: Path) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_PICKLE_MODULE)
 
 
 # --- style space --------------------------------------------------------------------------
@@ -280,23 +352,36 @@ def convert_space(src, dst, name: str | None = None, extractor: str = "") -> Sty
         raise ModelFileError(src, f"expected a pickled (PCA, std) pair, found {type(obj).__name__}")
     pca, std = obj
     components = _float_array(src, pca.components_, "the PCA's components_")
-    k = int(getattr(pca, "n_components_", None) or components.shape[0])
+    k = getattr(pca, "n_components_", None)
+    if k is None:
+        k = components.shape[0] if components.ndim else 0
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ModelFileError(src, f"the PCA's n_components_ is {k!r:.40}, not a positive whole number")
+    k = int(k)
     mean = _float_array(src, getattr(pca, "mean_", None), "the PCA's mean_")
     std = _float_array(src, std, "std").reshape(-1)
     if components.ndim != 2 or k > components.shape[0] or mean.shape != (components.shape[1],):
         raise ModelFileError(src, f"PCA with components {list(components.shape)} and mean {list(mean.shape)} "
                                   f"cannot give {k} components")
     components, std = components[:k], std[:k]
-    for array, what in ((components, "the PCA's components_"), (mean, "the PCA's mean_"), (std, "std")):
-        if not np.all(np.isfinite(array)):
-            raise ModelFileError(src, f"{what} holds NaN or infinite values")
-    if std.shape[0] < k or not np.all(std > 0):
-        raise ModelFileError(src, f"needs {k} positive standard deviations, found {std.shape[0]} "
-                                  f"(the smallest of the first {k}: {std.min(initial=np.inf):.3g})")
+    if std.shape[0] < k:
+        raise ModelFileError(src, f"needs {k} positive standard deviations, found {std.shape[0]}")
     if getattr(pca, "whiten", False):
         std = std * _whitening_scale(src, pca, k)
-    space = StyleSpace(torch.from_numpy(mean).float(), torch.from_numpy(components).float(),
-                       torch.from_numpy(std).float(), extractor=extractor, name=name or Path(dst).stem)
+    # checked as stored (float32), before anything is written: a value finite in float64 can
+    # overflow there, and a failed conversion must not replace a good file
+    arrays = {"the PCA's components_": components, "the PCA's mean_": mean, "std": std}
+    with np.errstate(over="ignore", under="ignore"):
+        arrays = {what: a.astype(np.float32) for what, a in arrays.items()}
+    for what, array in arrays.items():
+        if not np.all(np.isfinite(array)):
+            raise ModelFileError(src, f"{what} holds NaN or infinite values (in float32)")
+    components, mean, std = arrays.values()
+    if not np.all(std >= np.finfo(np.float32).tiny):
+        raise ModelFileError(src, f"needs {k} positive standard deviations (the smallest of the first {k}: "
+                                  f"{std.min():.3g})")
+    space = StyleSpace(torch.from_numpy(mean), torch.from_numpy(components), torch.from_numpy(std),
+                       extractor=extractor, name=name or Path(dst).stem)
     space.save(dst)
     return StyleSpace.load(dst)
 
@@ -314,6 +399,8 @@ def _whitening_scale(src, pca, k: int) -> np.ndarray:
 
 
 def _float_array(src, value, what: str) -> np.ndarray:
+    if value is None:
+        raise ModelFileError(src, f"{what} is missing")
     try:
         return np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
