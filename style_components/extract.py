@@ -81,7 +81,7 @@ def v03_grid(w: int, h: int, area: float = V03_AREA, d: int = PATCH) -> tuple[in
     # A zero-sized side would be an empty image (the original crashed on such inputs).
     fitting = [(gw, gh) for gw, gh in candidates if gw > 0 and gh > 0 and d * d * gw * gh <= area]
     if not fitting:
-        raise ValueError(f"a {w}x{h} image is too elongated for v0.3 preprocessing")
+        raise StyleComponentsError(f"a {w}x{h} image is too elongated for v0.3 preprocessing")
     return min(fitting, key=lambda g: _aspect_error(g[0] / g[1], w / h))
 
 
@@ -240,8 +240,11 @@ class Extractor:
         if min(std) <= 0:
             raise ModelFileError(path, "metadata entry 'std' must be positive")
 
+        with torch.device("meta"):  # 'model_kwargs' could ask for any size: the weights' shapes are
+            skeleton = _build_model(path, meta["architecture"], kwargs)  # checked before a byte is allocated
+        _check_state_dict(path, skeleton, tensors)
         model = _build_model(path, meta["architecture"], kwargs)
-        _load_weights(path, model, tensors)
+        model.load_state_dict(dict(tensors), strict=True)
         # v0.3 sizes vary per image: a ViT must interpolate its position embeddings.
         if preprocess == "v0.3" and getattr(model, "dynamic_img_size", True) is False:
             raise ModelFileError(path, "v0.3 preprocessing needs variable input sizes: add "
@@ -357,13 +360,13 @@ def _build_model(path, architecture: str, kwargs: dict) -> torch.nn.Module:
                                    "the weights are the ones in this file")
     try:
         return timm.create_model(architecture, pretrained=False, **kwargs)
-    except (TypeError, ValueError, RuntimeError, AssertionError, KeyError) as e:
+    except (TypeError, ValueError, RuntimeError, AssertionError, KeyError, ArithmeticError) as e:
         raise ModelFileError(path, f"timm cannot build {architecture!r} with "
                                    f"'model_kwargs' {kwargs}: {e}") from None
 
 
-def _load_weights(path, model: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
-    """Strict load, with the first offending key named instead of torch's long message."""
+def _check_state_dict(path, model: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
+    """What a strict load checks, with the first offending key named instead of torch's long message."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in tensors]
     if missing:
@@ -377,4 +380,3 @@ def _load_weights(path, model: torch.nn.Module, tensors: Mapping[str, torch.Tens
         if tensors[k].is_floating_point() != t.is_floating_point():
             raise ModelFileError(path, f"dtype {tensors[k].dtype} where the model has {t.dtype}", k)
         files.check_finite(path, k, tensors[k])
-    model.load_state_dict(dict(tensors), strict=True)

@@ -65,8 +65,8 @@ class StyleSpace:
         mean = files.require(path, tensors, "mean", (d,))
         std = files.require(path, tensors, "std", (k,))
         files.reject_extra(path, tensors, {"mean", "components", "std"})
-        if not bool(torch.all(std > 0)):
-            raise ModelFileError(path, "standard deviations must be positive", "std")
+        if not bool(torch.all(std.float() >= torch.finfo(torch.float32).tiny)):  # a denormal one makes inf sliders
+            raise ModelFileError(path, "standard deviations must be positive (and not denormal)", "std")
         labels = files.json_field(path, meta, "labels", [])
         if not isinstance(labels, list) or not all(isinstance(s, str) for s in labels):
             raise ModelFileError(path, "metadata entry 'labels' must be a list of strings")

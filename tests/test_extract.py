@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 
@@ -98,7 +99,7 @@ def test_v03_grid_matches_the_original_on_many_sizes():
 
 
 def test_v03_refuses_an_image_too_elongated_for_the_grid():
-    with pytest.raises(ValueError, match="too elongated"):
+    with pytest.raises(StyleComponentsError, match="too elongated"):
         preprocess_image(Image.new("RGB", (1, 3000)), "v0.3")
 
 
@@ -421,6 +422,33 @@ def test_state_dict_mismatch_names_the_key(saved, tmp_path):
     err = load_error(rewrite(saved[0], tmp_path / "4.safetensors", model_kwargs='{"img_size": 56, "depth": 1, '
                              '"embed_dim": 64, "num_heads": 2, "num_classes": 0, "dynamic_img_size": true}'))
     assert err.key.startswith("blocks.1.")
+
+
+def test_metadata_asking_for_a_huge_model_is_refused_before_it_is_built(saved, tmp_path, monkeypatch):
+    """Found in review: timm built the model from the file's model_kwargs before any weight was
+    compared ({"mlp_ratio": 1e7}: a 10 GB layer; more would kill the WebUI). The shapes are now
+    compared on a model built on the meta device, and nothing is allocated for a file that fails."""
+    from style_components import extract
+    huge = json.dumps({**KWARGS, "mlp_ratio": 1e7})
+    built_on = []
+    real_build = extract._build_model
+
+    def spy(*args):
+        built_on.append(torch.empty(0).device.type)  # where tensors made now would live
+        return real_build(*args)
+
+    monkeypatch.setattr(extract, "_build_model", spy)
+    err = load_error(rewrite(saved[0], tmp_path / "h.safetensors", model_kwargs=huge))
+    assert err.key == "blocks.0.mlp.fc1.weight" and "[640000000, 64]" in err.problem
+    assert built_on == ["meta"]
+    Extractor.load(saved[0])  # a good file is then built for real
+    assert built_on == ["meta", "meta", "cpu"]
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
+def test_model_kwargs_that_break_timm_are_named(saved, tmp_path):
+    err = load_error(rewrite(saved[0], tmp_path / "z.safetensors", model_kwargs=json.dumps({**KWARGS, "embed_dim": 0})))
+    assert "'model_kwargs'" in str(err)
 
 
 def test_weights_of_the_wrong_kind_are_named(saved, tmp_path):
