@@ -161,13 +161,21 @@ class StyleComponentsScript(scripts.Script):
             except Exception:
                 return XYZ_COMPONENTS, None
 
-        def on_model(name):
+        def slider_updates(name, values=None, source=""):
+            """The K sliders of model `name` shown with its labels (and `values`); hidden ones go
+            to 0: a value left there would make every generation fail ("N component values
+            given, model has K") while the user cannot see it."""
             k, space = k_of(name)
-            # hidden sliders go to 0: a value left there from a model with more components
-            # would make every generation fail ("N component values given, model has K")
+            if values is not None and len(values) > k:
+                raise webui.StyleComponentsError(f"{source}: {len(values)} values, style model {name!r} "
+                                                 f"has {k} components; the sliders are unchanged")
             return [gr.update(visible=i < k, label=space.label(i) if space is not None else f"Style component {i + 1}",
-                              **({} if i < k else {"value": 0.0}))
+                              **({"value": 0.0} if i >= k else {} if values is None else
+                                 {"value": values[i] if i < len(values) else 0.0}))
                     for i in range(sargs.MAX_COMPONENTS)]
+
+        def on_model(name):
+            return slider_updates(name)
 
         def on_refresh():
             new = registry.refresh()
@@ -180,17 +188,21 @@ class StyleComponentsScript(scripts.Script):
         def on_zero():
             return [False] + [0.0] * sargs.MAX_COMPONENTS
 
-        def on_import(text):
-            values = sargs.parse([{"components": text}]).params.components
-            return [values[i] if i < len(values) else 0.0 for i in range(sargs.MAX_COMPONENTS)]
+        @user_errors
+        def on_import(name, text):
+            return slider_updates(name, sargs.numbers("components", text), "Import")
 
+        @user_errors
         def on_export(name, is_random, seed_value, *values):
             k, _ = k_of(name)
             if is_random and seed_value is not None and seed_value >= 0:
                 values = random_components(int(seed_value), k)
             return " ".join(f"{v:g}" for v in list(values)[:k])
 
+        @user_errors
         def on_extract(name, files, weights, note, progress=gr.Progress()):
+            if not files:
+                raise webui.StyleComponentsError("no reference images: put images in the box, then Extract")
             progress(0.1, desc="Loading extractor")
             loaded = registry.load(name)
             args = [{"enabled": True, "model": name, "ref_images": list(files or []), "ref_weights": weights or ""}]
@@ -203,20 +215,29 @@ class StyleComponentsScript(scripts.Script):
                     gr.update(value=None), note or webui.reference_note(files)] + [
                 values[i] if i < len(values) else 0.0 for i in range(sargs.MAX_COMPONENTS)]
 
-        def on_preset(name):
+        @user_errors
+        def on_preset(name, model_name):
             from style_components import presets
             if not name:
-                return [gr.update()] * (sargs.MAX_COMPONENTS + 1)
-            values = list(presets.find(presets_folder(), name).components)
-            return [False] + [values[i] if i < len(values) else 0.0 for i in range(sargs.MAX_COMPONENTS)]
+                return [gr.update()] * (sargs.MAX_COMPONENTS + 2)
+            found = presets.find(presets_folder(), name)
+            target = model_name
+            if found.model and found.model != model_name:
+                # built for another model: its values mean nothing on this one's components
+                if registry.find(found.model) is None:
+                    raise webui.StyleComponentsError(f"preset {name!r} was built for style model "
+                                                     f"{found.model!r}, which is not installed")
+                target = found.model
+            updates = slider_updates(target, found.components, f"preset {name!r}")
+            return [False, gr.update() if target == model_name else gr.update(value=target)] + updates
 
-        preset.change(on_preset, inputs=[preset], outputs=[random] + sliders)
+        preset.change(on_preset, inputs=[preset, model], outputs=[random, model] + sliders)
         preset_refresh.click(lambda: gr.update(choices=preset_names()), outputs=[preset])
         model.change(on_model, inputs=[model], outputs=sliders)
         refresh.click(on_refresh, outputs=[model])
         random_btn.click(on_random, outputs=[random, seed])
         zero_btn.click(on_zero, outputs=[random] + sliders)
-        import_btn.click(on_import, inputs=[vector], outputs=sliders)
+        import_btn.click(on_import, inputs=[model, vector], outputs=sliders)
         export_btn.click(on_export, inputs=[model, random, seed] + sliders, outputs=[vector])
         copy_btn.click(None, inputs=[vector], _js="styleComponentsCopy")
         extract_btn.click(on_extract, inputs=[model, ref_images, ref_weights, refs],
@@ -231,6 +252,20 @@ class StyleComponentsScript(scripts.Script):
         # the readers, shared by both tabs' script instances, so they match across tabs
         self.paste_field_names = [read for _, read in self.infotext_fields]
         return controls
+
+
+def user_errors(fn):
+    """A1111 launches gradio without show_error: only a gr.Error's message reaches the user,
+    anything else shows a bare "Error". functools.wraps keeps the name and the signature gradio
+    reads (it injects `progress=gr.Progress()` by the default it sees there)."""
+    @functools.wraps(fn)
+    def handler(*args, **kwargs):
+        import gradio as gr
+        try:
+            return fn(*args, **kwargs)
+        except (webui.StyleComponentsError, ValueError) as e:  # ValueError: e.g. no images given
+            raise gr.Error(str(e)) from e
+    return handler
 
 
 def slider_layout(name):

@@ -36,8 +36,9 @@ MAX_SLIDERS = 64  # an adapter input wider than this is an embedding: it needs i
 NOT_FOR_WEBUI = frozenset({"style-components-icon-world"})
 
 
-def read_metadata(path) -> dict[str, str]:
-    """The `__metadata__` of a safetensors file's header; {} when absent or unreadable."""
+def read_header(path) -> dict:
+    """The JSON header of a safetensors file (tensor names -> dtype, shape, offsets; and
+    `__metadata__`) without reading any tensor; {} when absent or unreadable."""
     try:
         with open(path, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
@@ -46,19 +47,31 @@ def read_metadata(path) -> dict[str, str]:
             header = json.loads(f.read(n))
     except (OSError, ValueError, struct.error):
         return {}
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return header if isinstance(header, dict) else {}
+
+
+def read_metadata(path) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file's header; {} when absent or unreadable."""
+    return _metadata(read_header(path))
+
+
+def _metadata(header: dict) -> dict[str, str]:
+    meta = header.get("__metadata__")
     return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
 
 
 def space_layout(path) -> tuple[int, tuple[str, ...]] | None:
     """(K, slider labels) of a style-space file from its header alone (no tensor is read);
-    None when the header does not say (the UI then shows its default sliders)."""
-    meta = read_metadata(path)
+    None when the header does not say (the UI then shows its default sliders). K is the
+    components tensor's row count, which loading checks, not the metadata's `k`."""
+    header = read_header(path)
+    meta = _metadata(header)
     try:
-        k, labels = int(meta["k"]), json.loads(meta.get("labels") or "[]")
-    except (KeyError, ValueError):
+        shape = header["components"]["shape"]
+        k, labels = int(shape[0]), json.loads(meta.get("labels") or "[]")
+    except (KeyError, IndexError, TypeError, ValueError):
         return None
-    if k <= 0 or not isinstance(labels, list):
+    if k <= 0 or len(shape) != 2 or not isinstance(labels, list):
         return None
     return k, tuple(str(label) for label in labels)
 

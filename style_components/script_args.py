@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 from .models import MAX_SLIDERS
-from .params import BLOCK_PRESETS, StyleParams, format_number
+from .params import BLOCK_PRESETS, SEED_PER_IMAGE, StyleParams, format_number
 from .session import ArgumentError
 
 MAX_COMPONENTS = MAX_SLIDERS
@@ -131,6 +131,11 @@ def _from_dict(d: Mapping) -> dict:
     return values
 
 
+def numbers(name: str, value) -> tuple[float, ...]:
+    """Finite numbers from a list or from text ('a b c', 'a, b, c'); raises ArgumentError naming `name`."""
+    return _check(name, value, "numbers")
+
+
 def _check(name: str, value, kind: str | None = None):
     kind = kind or _KIND[name]
     if kind == "bool":
@@ -209,11 +214,21 @@ def controls_from_infotext(text: str | None, find_model=None) -> tuple[dict, lis
     return dict(zip(ALL_NAMES, to_positional(params))), problems
 
 
-def apply_overrides(params: StyleParams, overrides: Mapping[str, Any] | None) -> StyleParams:
-    """XYZ plot values: {"strength": x, "multiplier": x, "model": name, "component N": x (1-based)}."""
+def apply_overrides(params: StyleParams, overrides: Mapping[str, Any] | None, k: int | None = None) -> StyleParams:
+    """XYZ plot values: {"strength": x, "multiplier": x, "model": name, "component N": x (1-based)}.
+    A component axis moves the style the grid would show: the sliders, or the k values (the
+    model's K) drawn from a fixed style seed. Seed -1 (each image its own style) has no one
+    style to move: an ArgumentError."""
     if not overrides:
         return params
     changes, comps = {}, list(params.components)
+    if params.seed is not None and any(key.startswith("component ") for key in overrides):
+        if params.seed == SEED_PER_IMAGE:
+            raise ArgumentError("an XYZ 'Style component' axis moves one style, but style seed -1 draws "
+                                "each image's own: set a style seed (0 or more), or turn Random off")
+        if k is None:
+            raise ValueError("k (the model's number of components) is needed to move a random style")
+        comps, changes["seed"] = list(params.slider_values(k)), None
     for key, value in overrides.items():
         if key in ("strength", "multiplier"):
             changes[key] = float(value)
@@ -225,8 +240,6 @@ def apply_overrides(params: StyleParams, overrides: Mapping[str, Any] | None) ->
                 raise ArgumentError(f"{key}: components are numbered 1 to {MAX_COMPONENTS}")
             comps += [0.0] * (i + 1 - len(comps))
             comps[i] = float(value)
-            changes["seed"] = None
         else:
             raise ArgumentError(f"unknown override {key!r}")
     return replace(params, components=tuple(comps), **changes)
-

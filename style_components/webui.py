@@ -72,13 +72,14 @@ def begin_job(p, args: Sequence, registry, warn: Callable[[str], None] = print,
             return None
         parsed = sargs.parse(args, check=True)
         params = parsed.params
-        model = registry.load(sargs.apply_overrides(params, overrides).model)
+        # the model first (an axis may name it): K, which a component axis on a random style needs
+        model = registry.load(str((overrides or {}).get("model", params.model)))
         if parsed.ref_images:
             # A1111 sets p.is_api for /sdapi calls: an API caller must not read the server's files
             params = _from_references(params, model, parsed, load_extractor,
                                       allow_paths=not getattr(p, "is_api", False))
         # after the references: an XYZ component axis moves the extracted style
-        params = finalize(sargs.apply_overrides(params, overrides), model)
+        params = finalize(sargs.apply_overrides(params, overrides, model.k), model)
     except Exception as e:  # e.g. an uploaded file that is no image: never an unstyled image instead
         setattr(p, ERROR_ATTR, f"Style Components: {_describe(e)}")
         warn(getattr(p, ERROR_ATTR))
@@ -281,6 +282,7 @@ def decode_image(source, allow_paths: bool = True):
             raise StyleComponentsError(f"ref_images: {Path(str(source)).name} is not a readable image ({e})") from None
     if isinstance(source, str):
         data = source.split(",", 1)[1] if source.startswith("data:") else source
+        data = "".join(data.split())  # line-wrapped (GNU base64, 76 a line), as A1111's own decoder takes
         try:
             return Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
         except Exception:

@@ -3,6 +3,8 @@ the session lifecycle and the sampler wrapper (no UNet forwards: fast)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from hypothesis import given, strategies as st
@@ -176,6 +178,11 @@ def test_space_layout_reads_k_and_labels_from_the_header_only(tmp_path):
     space = a1111_env.make_space(10, 64)
     space.save(tmp_path / "s.space.safetensors")
     assert models.space_layout(tmp_path / "s.space.safetensors") == (10, space.labels)
+    # found in review: K came from the metadata's "k", which loading never checks: 40 sliders for 10
+    from style_components import files
+    tensors, meta = files.read(tmp_path / "s.space.safetensors")
+    files.write(tmp_path / "k40.space.safetensors", tensors, {**meta, "k": "40"})
+    assert models.space_layout(tmp_path / "k40.space.safetensors") == (10, space.labels)
     (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
     assert models.space_layout(tmp_path / "bad.safetensors") is None
     assert models.space_layout(tmp_path / "missing.safetensors") is None
@@ -244,11 +251,23 @@ def test_block_weights_are_ignored_unless_custom():
 
 
 def test_overrides_for_xyz():
-    p = StyleParams(components=(1.0,), seed=5)
+    p = StyleParams(components=(1.0,))
     q = sargs.apply_overrides(p, {"strength": "0.5", "component 3": 2, "model": "x"})
     assert q.strength == 0.5 and q.components == (1.0, 0.0, 2.0) and q.model == "x" and q.seed is None
     with pytest.raises(ArgumentError, match="unknown override"):
         sargs.apply_overrides(p, {"colour": 1})
+
+
+def test_a_component_axis_moves_the_random_style_of_a_fixed_seed():
+    """Found in review: the axis dropped the random style and moved the (stale) slider values."""
+    from style_components.params import random_components
+    p = StyleParams(components=(1.0,), seed=5, multiplier=0.5)
+    q = sargs.apply_overrides(p, {"component 3": 2}, k=4)
+    drawn = random_components(5, 4)
+    assert q.components == drawn[:2] + (2.0,) + drawn[3:] and q.seed is None and q.multiplier == 0.5
+    assert sargs.apply_overrides(p, {"strength": 2}, k=4).seed == 5  # other axes keep the draw per image
+    with pytest.raises(ArgumentError, match="style seed -1 draws each image's own"):
+        sargs.apply_overrides(replace(p, seed=-1), {"component 3": 2}, k=4)
 
 
 def test_denoiser_calls_past_the_announced_steps_keep_the_style_to_the_end():

@@ -261,6 +261,12 @@ def test_reference_images_as_base64_fill_the_components(env, monkeypatch):
         p, res = generate(env, [{"enabled": True, "model": "demo", "ref_images": [b64, b64[22:]],
                                  "ref_weights": [1, 3]}])
         first = dict(seen)
+        # line-wrapped as GNU base64 writes it, which A1111's own decoder takes (found in review: refused)
+        wrapped = base64.encodebytes(buf.getvalue()).decode()
+        assert wrapped.count("\n") > 1
+        _, from_wrapped = generate(env, [{"enabled": True, "model": "demo", "ref_images": [wrapped, wrapped],
+                                          "ref_weights": [1, 3]}])
+        assert from_wrapped.info == res.info and seen == first
         # references decide the style; an XYZ component axis then moves it (found in review: the
         # references overwrote the axis' value, so every cell of the grid was the same image)
         _, moved = generate(env, [{"model": "demo", "ref_images": [b64]}], style_components_xyz={"component 3": 2.0})
@@ -332,6 +338,16 @@ def test_xyz_axes_are_registered_and_override_the_values(env):
     off = xyz_cell(args(enabled=False, multiplier=1.0), **{"Style multiplier": 2.0, "Style component 1": 1.0})
     _, want = generate(env, args(multiplier=2.0, components=[1.0]), seed=1)
     assert torch.equal(off.images[0], want.images[0]) and off.info == want.info
+    # a component axis on a random style from a fixed seed moves that style (found in review: it
+    # moved the stale sliders instead); seed -1 has no one style to move
+    from style_components.params import random_components
+    drawn = xyz_cell(args(random=True, seed=7, components=[1.0] * 30), **{"Style component 3": 2.0})
+    values = list(random_components(7, 30))
+    values[2] = 2.0
+    _, want = generate(env, args(components=values), seed=1)
+    assert torch.equal(drawn.images[0], want.images[0]) and drawn.info == want.info
+    with pytest.raises(StyleComponentsError, match="style seed -1 draws each image's own"):
+        xyz_cell(args(random=True, seed=-1), **{"Style component 3": 2.0})
     assert_unet_clean(env)
 
 

@@ -105,12 +105,35 @@ def test_choosing_a_model_shows_its_k_sliders_with_the_space_labels(callbacks):
 
 
 def test_import_export_round_trip_and_zero(callbacks):
-    values = callbacks["on_import"]("0.5, -1.25 2")
+    values = [u["value"] for u in callbacks["on_import"]("demo", "0.5, -1.25 2")]
     assert values[:4] == [0.5, -1.25, 2.0, 0.0] and len(values) == sargs.MAX_COMPONENTS
     text = callbacks["on_export"]("demo", False, -1, *values)
     assert text.split() == ["0.5", "-1.25", "2"] + ["0"] * 27  # the model's K values
-    assert callbacks["on_import"](text) == values
+    assert [u["value"] for u in callbacks["on_import"]("demo", text)] == values
     assert callbacks["on_zero"]() == [False] + [0.0] * sargs.MAX_COMPONENTS
+
+
+def test_accordion_buttons_show_their_error_message(callbacks, tmp_path, monkeypatch):
+    """Found in review: A1111 launches gradio without show_error, so anything but a gr.Error
+    showed a bare red "Error" (Extract with an empty box, Import of "abc", a deleted preset)."""
+    import inspect
+    with pytest.raises(gr.Error, match="components: 'abc' is not a finite number"):
+        callbacks["on_import"]("demo", "abc")
+    with pytest.raises(gr.Error, match="no reference images"):
+        callbacks["on_extract"]("demo", None, "", "", progress=lambda *a, **k: None)
+    module = callbacks["env"]["module"]
+
+    def embed():
+        raise ValueError("no images given")  # as extract.py says it
+    with pytest.raises(gr.Error, match="no images given"):
+        module.user_errors(embed)()
+    monkeypatch.setattr(module, "presets_folder", lambda: str(tmp_path))
+    with pytest.raises(gr.Error, match="preset 'gone' not found"):
+        callbacks["on_preset"]("gone", "demo")
+    # gradio still sees on_extract's progress parameter through the wrapper, and injects it
+    from gradio.helpers import special_args
+    assert special_args(callbacks["on_extract"], ["demo", [], "", ""])[1] == 4
+    assert list(inspect.signature(callbacks["on_extract"]).parameters)[-1] == "progress"
 
 
 def test_random_button_turns_on_a_fresh_shown_seed(callbacks):
@@ -173,3 +196,49 @@ def test_extract_puts_the_style_on_the_sliders_and_empties_the_box(callbacks, mo
     assert "2 image(s)" in message and box == gr.update(value=None)
     assert note == "warm.png + cool.png" and kept == "my note"  # the user's own note is kept
     assert [round(v, 4) for v in sliders[:30]] == [0.5] * 30 and sliders[30:] == [0.0] * (sargs.MAX_COMPONENTS - 30)
+
+
+@pytest.fixture
+def two_models(tmp_path):
+    """The accordion's handlers over 'm' (16 components) and 'wide' (30)."""
+    from factories import adapter_for
+    from unets import ldm_unet
+    folder, unet = tmp_path / "StyleComponents", ldm_unet(device="meta")
+    for name, k in (("m", 16), ("wide", 30)):
+        adapter_for(unet, d_in=64, hidden=None).save(folder / f"{name}.adapter.safetensors")
+        a1111_env.make_space(k, 64).save(folder / f"{name}.space.safetensors")
+    module = a1111_env.load_script(tmp_path)
+    with gr.Blocks() as demo:
+        module.StyleComponentsScript().ui(False)
+    return {f.fn.__name__: f.fn for f in demo.fns if f.fn is not None} | {"module": module}
+
+
+def test_import_fits_the_selected_model(two_models):
+    """Found in review: Import filled all 64 sliders, also those hidden beyond the model's K, and
+    every generation then failed ("30 component values given, model 'm' has 16")."""
+    with pytest.raises(gr.Error, match="Import: 30 values, style model 'm' has 16 components"):
+        two_models["on_import"]("m", " ".join(["1"] * 30))
+    updates = two_models["on_import"]("m", "1 2")
+    assert [u["value"] for u in updates] == [1.0, 2.0] + [0.0] * (sargs.MAX_COMPONENTS - 2)
+    assert [u["visible"] for u in updates] == [True] * 16 + [False] * (sargs.MAX_COMPONENTS - 16)
+
+
+def test_a_preset_switches_to_its_model_and_fits_it(two_models, tmp_path, monkeypatch):
+    """Found in review: a preset filled all 64 sliders whatever model it was built for."""
+    from style_components import presets
+    folder = tmp_path / "presets"
+    presets.save(folder, "wide style", [0.5] * 30, model="wide")
+    presets.save(folder, "any model", [0.25] * 20)
+    presets.save(folder, "lost", [0.5] * 4, model="gone")
+    monkeypatch.setattr(two_models["module"], "presets_folder", lambda: str(folder))
+    on_preset = two_models["on_preset"]
+    random, model, *sliders = on_preset("wide style", "m")
+    assert random is False and model == gr.update(value="wide")  # the dropdown follows the preset
+    assert [s["value"] for s in sliders] == [0.5] * 30 + [0.0] * (sargs.MAX_COMPONENTS - 30)
+    assert [s["visible"] for s in sliders] == [True] * 30 + [False] * (sargs.MAX_COMPONENTS - 30)
+    _, model, *sliders = on_preset("any model", "wide")
+    assert model == gr.update() and [s["value"] for s in sliders][:21] == [0.25] * 20 + [0.0]
+    with pytest.raises(gr.Error, match="preset 'any model': 20 values, style model 'm' has 16 components"):
+        on_preset("any model", "m")
+    with pytest.raises(gr.Error, match="built for style model 'gone', which is not installed"):
+        on_preset("lost", "m")
