@@ -441,7 +441,10 @@ def xyz_axes(xyz_grid):
     return axes
 
 
-def on_before_ui():
+def add_xyz_axes():
+    """Called when this file loads and again before the UI is built: with --nowebui, A1111 builds
+    the scripts' UI (where xyz_grid fixes its axis list) in Api.__init__, before the before-UI
+    callbacks; in a UI launch xyz_grid may also load after this file. Adds each axis once."""
     found = [x for x in scripts.scripts_data if x.script_class.__module__ == "xyz_grid.py"]
     if found:
         xyz_grid = found[0].module
@@ -459,6 +462,7 @@ def on_script_unloaded():
 if not FORGE:
     script_callbacks.on_cfg_denoiser(on_cfg_denoiser)
     script_callbacks.on_ui_settings(on_ui_settings)
-    script_callbacks.on_before_ui(on_before_ui)
+    script_callbacks.on_before_ui(add_xyz_axes)
     script_callbacks.on_script_unloaded(on_script_unloaded)
     script_callbacks.on_ui_tabs(on_ui_tabs)
+    add_xyz_axes()

@@ -298,6 +298,28 @@ def test_reference_images_as_base64_fill_the_components(env, monkeypatch):
     assert restored["refs"] == "2 reference images"
 
 
+def test_xyz_axes_are_there_when_the_ui_is_built_before_the_before_ui_callbacks(tmp_path):
+    """With --nowebui, A1111's Api.__init__ (modules/api/api.py) builds the scripts' UI, where
+    xyz_grid.Script.ui fixes its axis list, before webui.api_only calls the before-UI callbacks:
+    found in review, an XYZ request with a style axis then failed with IndexError. The script's
+    loader (modules/scripts.py load_scripts) loads the WebUI's own scripts/ before extensions'."""
+    import a1111_env
+    import xyz_grid
+    from modules import script_callbacks, scripts
+    xyz_grid.axis_options[:] = [a for a in xyz_grid.axis_options if not a.label.startswith("Style ")]
+    xyz_grid.Script.__module__ = "xyz_grid.py"
+    data, callbacks = list(scripts.scripts_data), {k: list(v) for k, v in script_callbacks.callbacks.items()}
+    scripts.scripts_data[:] = [scripts.ScriptClassData(xyz_grid.Script, "xyz_grid.py", "", xyz_grid)]
+    try:
+        scripts.load_script(str(a1111_env.ROOT / "scripts" / "style_components.py"), str(a1111_env.ROOT))
+    finally:  # the other tests' loaded script stays registered
+        scripts.scripts_data[:] = data
+        script_callbacks.callbacks.clear()
+        script_callbacks.callbacks.update(callbacks)
+    labels = [a.label for a in xyz_grid.axis_options]  # no before_ui callback has run
+    assert labels.count("Style strength") == 1 and labels.count("Style component 30") == 1
+
+
 def test_xyz_axes_are_registered_and_override_the_values(env):
     import xyz_grid
     from modules import script_callbacks, scripts
