@@ -2,24 +2,19 @@
 
 The original style space (a pickled `(sklearn PCA, std)` tuple) and style extractor (a whole
 pickled timm module) can only be read by unpickling, and unpickling runs whatever callable
-the file names. Here every global a pickle asks for is checked against an allow-list before
-it is imported, and every opcode that calls something is checked too, so a malicious file is
-refused (`UnsafePickleError`) before any of it runs. Outputs are checked before they are
-written, and written atomically. The original adapters are safetensors already.
+the file names: they are read with `unpickle.load_pickle`, which builds data and refuses
+everything else (`UnsafePickleError`) before any of it runs. What it returns is then checked
+by type before it is used. Outputs are checked before they are written, and written
+atomically. The original adapters are safetensors already.
 """
 
 from __future__ import annotations
 
-import enum
-import importlib
-import io
 import json
 import math
-import pickle
 import warnings
-import zipfile
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -27,316 +22,7 @@ import torch
 from . import files
 from .errors import ModelFileError, StyleComponentsError, UnsafePickleError
 from .space import StyleSpace
-
-# --- the restricted unpickler -------------------------------------------------------------
-
-# Exact "module.name" globals a release file may name. Each is data, or rebuilds data.
-_ALLOWED = frozenset({
-    "builtins.set",                              # plain containers and numbers
-    "builtins.frozenset",
-    "builtins.slice",
-    "builtins.complex",
-    "builtins.bytearray",
-    "collections.OrderedDict",                   # nn.Module's parameter/buffer/module dicts
-    "torch._utils._rebuild_tensor_v2",           # every tensor in a torch.save file
-    "torch._utils._rebuild_parameter",           # nn.Parameter
-    "numpy.ndarray",                             # numpy arrays (the PCA's fitted attributes)
-    "numpy._core.multiarray._reconstruct",       # ndarray reconstruction, numpy >= 2 name
-    "numpy.core.multiarray._reconstruct",        # ... numpy 1 name
-    "numpy._core.multiarray.scalar",             # numpy scalars (e.g. PCA.noise_variance_)
-    "numpy.core.multiarray.scalar",
-    "numpy._core.numeric._frombuffer",           # arrays in pickle protocol 5
-    "numpy.core.numeric._frombuffer",
-})
-# Packages whose nn.Module classes (and enums, e.g. timm's Format) a pickled model is made of: the
-# globals of torch.save'd timm models are all in these (timm.models.layers in timm < 0.9), whereas
-# elsewhere in timm are modules whose __init__ loads files (timm.task.distillation.DistillationTeacher).
-_MODULE_PACKAGES = ("torch.nn.modules", "timm.layers", "timm.models")
-
-
-def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
-    """Stands in for `_codecs.encode`: protocol 2 stores bytes as latin-1 text; no other codec is needed."""
-    if encoding not in ("latin1", "latin-1"):
-        raise UnsafePickleError(f"refused _codecs.encode with codec {encoding!r}")
-    return text.encode("latin1")
-
-
-def _check_state(state) -> None:
-    """State that BUILD (or torch, for a Parameter) sets on an object: attribute names and data only.
-
-    A callable or dunder stored on an instance overrides its class's method (`__setstate__`,
-    `extend`, `forward`...), which a later opcode or the converter would call.
-    """
-    for attrs in state if isinstance(state, tuple) and len(state) == 2 else (state,):  # (dict, slots)
-        if attrs is None:
-            continue
-        if not isinstance(attrs, dict):
-            raise UnsafePickleError(f"refused object state given as a {type(attrs).__name__}, not a dict")
-        for key, value in attrs.items():
-            if not isinstance(key, str) or key.startswith("__") or callable(value):
-                raise UnsafePickleError(f"refused to set attribute {key!r} to a {type(value).__name__}")
-
-
-def _rebuild_parameter_with_state(data, requires_grad, backward_hooks, state):
-    """torch's own, after checking the Python attributes it sets on the Parameter."""
-    _check_state(state)
-    return torch._utils._rebuild_parameter_with_state(data, requires_grad, backward_hooks, state)
-
-
-class PickledPCA:
-    """Stands in for sklearn's PCA when reading the original style space: it only holds the
-    fitted arrays the file carries, so conversion needs no scikit-learn (A1111 has none) and
-    runs none of its code."""
-
-
-# What numpy arrays and scalars of the PCA hold. A dtype with fields, a subarray or objects would
-# let the file's bytes be read as Python object pointers.
-_PLAIN_KINDS = "biufc"
-
-
-def _check_plain_dtype(dtype) -> None:
-    canonical = np.dtype(dtype.str) if isinstance(dtype, np.dtype) and dtype.kind in _PLAIN_KINDS else None
-    if canonical is None or dtype.fields is not None or dtype.subdtype is not None or dtype.hasobject \
-            or (dtype.flags, dtype.itemsize) != (canonical.flags, canonical.itemsize):
-        raise UnsafePickleError(f"refused numpy dtype {dtype!r}: only plain number types are read")
-
-
-def _numpy_dtype(spec, align=False, copy=False) -> np.dtype:
-    """Stands in for numpy.dtype: plain number types only, and always a new object (BUILD then
-    sets its byte order; numpy's shared dtype singletons are never touched)."""
-    if not isinstance(spec, str):
-        raise UnsafePickleError(f"refused a numpy dtype made from a {type(spec).__name__}")
-    try:
-        dtype = np.dtype(spec)
-    except TypeError:
-        raise UnsafePickleError(f"refused numpy dtype {spec!r}") from None
-    _check_plain_dtype(dtype)
-    return np.dtype(spec, copy=True)
-
-
-# torch.save names each storage by a class of this kind; it stands for a dtype (as in torch.load).
-_STORAGE_DTYPES = {
-    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
-    "BoolStorage": torch.bool, "UntypedStorage": torch.uint8,
-}
-
-
-class StorageType:
-    def __init__(self, dtype: torch.dtype) -> None:
-        self.dtype = dtype
-
-
-_STORAGE_TYPES = {name: StorageType(dtype) for name, dtype in _STORAGE_DTYPES.items()}
-
-_SUBSTITUTES = {
-    "_codecs.encode": _latin1_encode,
-    "numpy.dtype": _numpy_dtype,
-    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter_with_state,  # a Parameter with attributes
-    "sklearn.decomposition._pca.PCA": PickledPCA,   # the style space's PCA object (sklearn >= 0.22)
-    "sklearn.decomposition.pca.PCA": PickledPCA,    # ... its older module path
-}
-
-
-def _import(module: str, name: str) -> Any:
-    with warnings.catch_warnings():  # numpy.core is a deprecated alias of numpy._core
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return getattr(importlib.import_module(module), name)
-
-
-def _in_packages(module: str, packages: tuple[str, ...]) -> bool:
-    return any(module == p or module.startswith(p + ".") for p in packages)
-
-
-def resolve_global(module: str, name: str) -> Any:
-    """The object a pickle's global `module.name` stands for, if the allow-list admits it."""
-    module = "builtins" if module == "__builtin__" else module  # protocol 2 writes Python 2's name
-    key = f"{module}.{name}"
-    if key in _SUBSTITUTES:
-        return _SUBSTITUTES[key]
-    if module == "torch" and name in _STORAGE_TYPES:
-        return _STORAGE_TYPES[name]
-    if key in _ALLOWED:
-        return _import(module, name)
-    # Identifiers only: pickle would walk a dotted name such as "Linear.__init__.__globals__".
-    identifiers = all(part.isidentifier() for part in (*module.split("."), name))
-    if identifiers and not name.startswith("_"):
-        if module == "torch" and isinstance(vars(torch).get(name), torch.dtype):
-            return vars(torch)[name]  # dtypes held as module attributes
-        if _in_packages(module, _MODULE_PACKAGES):
-            obj = _import(module, name)
-            # defined there, not only imported there: timm re-exports enum.Enum, whose call makes classes
-            if isinstance(obj, type) and issubclass(obj, (torch.nn.Module, enum.Enum)) \
-                    and _in_packages(obj.__module__, _MODULE_PACKAGES):
-                return obj
-    raise UnsafePickleError(f"refused to load {key}: it is not on the converter's allow-list "
-                            f"(a genuine release never needs it, so the file may be malicious)")
-
-
-def _refuse_opcode(name: str) -> Callable:
-    def refuse(unpickler) -> None:
-        raise UnsafePickleError(f"refused the {name} opcode: it calls a class or object with arguments from "
-                                f"the file (torch.save and scikit-learn never write it)")
-    return refuse
-
-
-class RestrictedUnpickler(pickle._Unpickler):
-    """An unpickler that builds only allow-listed globals, and calls only what rebuilding data needs.
-
-    The pure-Python unpickler is used for its dispatch table, so that every opcode that calls
-    something is checked (torch.save and scikit-learn pickles pass all of these checks):
-    REDUCE, NEWOBJ(_EX), BUILD, APPEND(S), SETITEM(S) and ADDITEMS; INST and OBJ are refused.
-    """
-
-    dispatch = dict(pickle._Unpickler.dispatch)
-
-    def __init__(self, file, **kwargs) -> None:
-        super().__init__(file, **kwargs)
-        self._globals: set[int] = set()
-
-    def find_class(self, module: str, name: str) -> Any:
-        obj = resolve_global(module, name)
-        self._globals.add(id(obj))
-        return obj
-
-    def load_build(self) -> None:
-        target, state = self.stack[-2:]
-        # a global, or an Enum member (a process-wide singleton): state set here outlives the file
-        if id(target) in self._globals or isinstance(target, enum.Enum):
-            raise UnsafePickleError(f"refused to set attributes of {getattr(target, '__qualname__', target)!r}")
-        if not isinstance(target, (np.ndarray, np.dtype)):  # these two take a tuple of data
-            _check_state(state)
-        super().load_build()
-        if isinstance(target, np.dtype):  # its state could have given it fields or objects
-            _check_plain_dtype(target)
-
-    def load_reduce(self) -> None:
-        # Only allow-listed globals are called; modules are rebuilt by NEWOBJ + BUILD (torch.save
-        # never calls a Module class or instance, whose __init__/forward would run file-given arguments).
-        func, args = self.stack[-2:]
-        if id(func) not in self._globals or (isinstance(func, type) and issubclass(func, torch.nn.Module)) \
-                or (isinstance(func, enum.EnumMeta) and len(args) != 1):  # an Enum's value lookup, not its class factory
-            raise UnsafePickleError(f"refused to call {getattr(func, '__qualname__', type(func).__name__)!r}")
-        super().load_reduce()
-
-    def _check_class(self, cls) -> None:
-        # NEWOBJ(_EX) calls cls.__new__: an allow-listed class's, not one an instance carries.
-        if not (isinstance(cls, type) and id(cls) in self._globals):
-            raise UnsafePickleError(f"refused to create a {type(cls).__name__}: not an allow-listed class")
-
-    def load_newobj(self) -> None:
-        self._check_class(self.stack[-2])
-        super().load_newobj()
-
-    def load_newobj_ex(self) -> None:
-        self._check_class(self.stack[-3])
-        super().load_newobj_ex()
-
-    def _check_container(self, target, kind: type) -> None:
-        # These opcodes call the target's append/extend/__setitem__/add: only a plain container's
-        # (a module's __setitem__, e.g. ParameterDict's, would set any attribute).
-        if not isinstance(target, kind):
-            raise UnsafePickleError(f"refused to add items to a {type(target).__name__}")
-
-    def load_append(self) -> None:
-        self._check_container(self.stack[-2], list)
-        super().load_append()
-
-    def load_appends(self) -> None:
-        self._check_container(self.metastack[-1][-1], list)  # the object below the MARK
-        super().load_appends()
-
-    def load_setitem(self) -> None:
-        self._check_container(self.stack[-3], dict)
-        super().load_setitem()
-
-    def load_setitems(self) -> None:
-        self._check_container(self.metastack[-1][-1], dict)
-        super().load_setitems()
-
-    def load_additems(self) -> None:
-        self._check_container(self.metastack[-1][-1], set)
-        super().load_additems()
-
-    dispatch[pickle.BUILD[0]] = load_build
-    dispatch[pickle.REDUCE[0]] = load_reduce
-    dispatch[pickle.INST[0]] = _refuse_opcode("INST")
-    dispatch[pickle.OBJ[0]] = _refuse_opcode("OBJ")
-    dispatch[pickle.NEWOBJ[0]] = load_newobj
-    dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
-    dispatch[pickle.APPEND[0]] = load_append
-    dispatch[pickle.APPENDS[0]] = load_appends
-    dispatch[pickle.SETITEM[0]] = load_setitem
-    dispatch[pickle.SETITEMS[0]] = load_setitems
-    dispatch[pickle.ADDITEMS[0]] = load_additems
-
-
-def restricted_load(file, **kwargs) -> Any:
-    return RestrictedUnpickler(file, **kwargs).load()
-
-
-class _TorchZipUnpickler(RestrictedUnpickler):
-    """data.pkl of a torch.save archive: storages are read from the archive's data/ records."""
-
-    def __init__(self, reader, path: Path) -> None:
-        super().__init__(io.BytesIO(reader.get_record("data.pkl")))
-        self.reader, self.path, self.storages = reader, path, {}
-
-    def persistent_load(self, saved_id) -> Any:
-        if not (isinstance(saved_id, tuple) and len(saved_id) == 5 and saved_id[0] in ("storage", b"storage")):
-            raise UnsafePickleError(f"refused persistent id {saved_id!r:.80}: torch.save writes only storages")
-        _, storage_type, key, _location, numel = saved_id
-        if not isinstance(storage_type, StorageType) or not isinstance(key, str) or type(numel) is not int \
-                or numel < 0:
-            raise ModelFileError(self.path, f"garbled storage record {saved_id!r:.80}")
-        if key not in self.storages:  # the reader checks that the record holds this many bytes
-            nbytes = numel * torch._utils._element_size(storage_type.dtype)
-            data = self.reader.get_storage_from_record(f"data/{key}", nbytes, torch.UntypedStorage)
-            self.storages[key] = torch.storage.TypedStorage(
-                wrap_storage=data._typed_storage()._untyped_storage, dtype=storage_type.dtype, _internal=True)
-        return self.storages[key]
-
-
-def _torch_zip_load(path: Path) -> Any:
-    """A torch.save archive, read with torch's own zip reader (the one torch.load uses, so both see
-    the same records) and unpickled here. torch.load is never called: it hands an archive with
-    TorchScript records to torch.jit.load, which runs code from the file."""
-    reader = torch._C.PyTorchFileReader(str(path))
-    if any(r.rsplit("/", 1)[-1] == "constants.pkl" for r in reader.get_all_records()):
-        raise ModelFileError(path, "is a TorchScript archive, not a torch.save file")
-    if not reader.has_record("data.pkl"):
-        raise ModelFileError(path, "is a zip archive without data.pkl, not a torch.save file")
-    if reader.has_record("byteorder") and reader.get_record("byteorder") != b"little":
-        raise ModelFileError(path, "was saved on a big-endian machine, which is not read")
-    return _TorchZipUnpickler(reader, path).load()
-
-
-def load_pickle(path) -> Any:
-    """Read a plain pickle or a torch.save file (zip format), building only allow-listed objects."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(path, "is not a file" if path.exists() else "file not found")
-    try:
-        if zipfile.is_zipfile(path):
-            return _torch_zip_load(path)
-        with open(path, "rb") as f:
-            obj = restricted_load(f)
-        if type(obj) is int and obj == torch.serialization.MAGIC_NUMBER:
-            # torch.load's reader for it trusts the file (it writes files the pickle names and
-            # extracts tar members); torch has saved zip archives since 1.6 (2020)
-            raise ModelFileError(path, "is a torch.save file in the legacy format (torch < 1.6), which is not "
-                                       "read: only zip-format torch.save files and plain pickles are")
-        return obj
-    except UnsafePickleError as e:
-        raise UnsafePickleError(f"{path}: {e}") from None
-    except StyleComponentsError:
-        raise
-    except ImportError as e:
-        raise ModelFileError(path, f"needs {e.name or e}, which is not installed") from None
-    except Exception as e:  # whatever a truncated or foreign file makes the unpickler raise
-        raise ModelFileError(path, f"not a readable pickle or torch.save file ({type(e).__name__}: {e})") from None
-
+from .unpickle import MODEL, SPACE, PickledPCA, load_pickle, resolve_global  # noqa: F401  (resolve_global: API)
 
 # --- style space --------------------------------------------------------------------------
 
@@ -347,11 +33,11 @@ def convert_space(src, dst, name: str | None = None, extractor: str = "") -> Sty
     that `to_components(e) == pca.transform(e) / std[:K]`, whitened or not. Everything is
     checked before the file is written.
     """
-    obj = load_pickle(src)
-    if not (isinstance(obj, (tuple, list)) and len(obj) == 2 and hasattr(obj[0], "components_")):
+    obj = load_pickle(src, SPACE)
+    if not (type(obj) in (tuple, list) and len(obj) == 2 and type(obj[0]) is PickledPCA):
         raise ModelFileError(src, f"expected a pickled (PCA, std) pair, found {type(obj).__name__}")
     pca, std = obj
-    components = _float_array(src, pca.components_, "the PCA's components_")
+    components = _float_array(src, getattr(pca, "components_", None), "the PCA's components_")
     k = getattr(pca, "n_components_", None)
     if k is None:
         k = components.shape[0] if components.ndim else 0
@@ -366,7 +52,10 @@ def convert_space(src, dst, name: str | None = None, extractor: str = "") -> Sty
     components, std = components[:k], std[:k]
     if std.shape[0] < k:
         raise ModelFileError(src, f"needs {k} positive standard deviations, found {std.shape[0]}")
-    if getattr(pca, "whiten", False):
+    whiten = getattr(pca, "whiten", False)
+    if type(whiten) is not bool:
+        raise ModelFileError(src, f"the PCA's whiten is a {type(whiten).__name__}, not True or False")
+    if whiten:
         std = std * _whitening_scale(src, pca, k)
     # checked as stored (float32), before anything is written: a value finite in float64 can
     # overflow there, and a failed conversion must not replace a good file
@@ -399,12 +88,16 @@ def _whitening_scale(src, pca, k: int) -> np.ndarray:
 
 
 def _float_array(src, value, what: str) -> np.ndarray:
+    """A numpy array of real numbers, or a flat list of numbers, as float64. Checked by type first:
+    np.asarray would follow any object's __array_interface__ to whatever memory it names."""
     if value is None:
         raise ModelFileError(src, f"{what} is missing")
-    try:
-        return np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ModelFileError(src, f"{what} is a {type(value).__name__}, not an array of numbers") from None
+    numbers = (int, float, np.integer, np.floating)
+    if type(value) in (list, tuple) and all(isinstance(v, numbers) and not isinstance(v, bool) for v in value):
+        return np.array(value, dtype=np.float64)
+    if type(value) is np.ndarray and value.dtype.kind in "iuf" and value.dtype.fields is None:
+        return value.astype(np.float64)
+    raise ModelFileError(src, f"{what} is a {type(value).__name__}, not an array of numbers")
 
 
 # --- style extractor ----------------------------------------------------------------------
@@ -423,7 +116,7 @@ def convert_extractor(src, dst, preprocess: str = "v0.3", architecture: str | No
 
     if preprocess not in PREPROCESS:
         raise StyleComponentsError(f"unknown preprocessing {preprocess!r}; known: {', '.join(sorted(PREPROCESS))}")
-    model = load_pickle(src)
+    model = load_pickle(src, MODEL)
     if not isinstance(model, torch.nn.Module):
         raise ModelFileError(src, f"holds a {type(model).__name__}, not a whole model saved with torch.save(model)")
     _refuse_stored_code(src, model)

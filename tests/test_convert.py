@@ -24,6 +24,7 @@ from sklearn.decomposition import PCA
 import style_components
 from style_components import cli, files
 from style_components.convert import convert_extractor, convert_space, load_pickle, resolve_global
+from style_components.unpickle import MODEL, SPACE
 from style_components.errors import ModelFileError, StyleComponentsError, UnsafePickleError
 from style_components.space import StyleSpace
 
@@ -107,6 +108,8 @@ def test_convert_space_reads_every_pickle_protocol(protocol, tmp_path):
     (lambda pca, std: {"pca": pca}, "expected a pickled (PCA, std) pair"),
     (lambda pca, std: (std, std), "expected a pickled (PCA, std) pair"),
     (lambda pca, std: (pca, "std"), "std is a str, not an array of numbers"),
+    (lambda pca, std: (pca, set(std.tolist())), "std is a set, not an array of numbers"),
+    (lambda pca, std: (pca, [std.tolist()]), "std is a list, not an array of numbers"),  # nested
     (lambda pca, std: (pca, None), "std is missing"),
     (lambda pca, std: (pca, std * 1e300), "std holds NaN or infinite values (in float32)"),  # finite in float64
     (lambda pca, std: (pca, std * 1e-300), "needs 6 positive standard deviations"),           # 0 in float32
@@ -474,6 +477,58 @@ def test_numpy_dtypes_with_fields_or_objects_are_refused(case, tmp_path):
     assert not (tmp_path / "out.safetensors").exists()
 
 
+NUMPY_CORE = "numpy._core" if np.__version__ >= "2" else "numpy.core"
+MINUS_ONE = b"J\xff\xff\xff\xff"
+F8_STATE = op_tuple(b"K\x03", op_str("<"), b"N", b"N", b"N", MINUS_ONE, MINUS_ONE, b"K\x00")  # what numpy writes
+ARRAY_STATE = op_tuple(b"K\x01", op_tuple(b"K\x01"), op_dtype("f8") + F8_STATE + b"b", b"\x89", b"C\x08" + b"A" * 8)
+RECONSTRUCT = (op_global(f"{NUMPY_CORE}.multiarray", "_reconstruct")
+               + op_tuple(op_global("numpy", "ndarray"), op_tuple(b"K\x00"), b"C\x01b") + b"R")
+ENTRY = op_global("torch.nn.modules.linear", "Identity") + b")\x81"  # an allowed module, in a model file
+
+
+@pytest.mark.parametrize("data, kind, message", [
+    # numpy.ndarray called (REDUCE or NEWOBJ) reads its buffer as a dtype *string* says: "O" = pointers
+    (op_global("numpy", "ndarray") + op_tuple(op_tuple(b"K\x02"), op_str("O"), b"C\x10" + b"A" * 16) + b"R",
+     SPACE, "refused to call 'ndarray'"),
+    (op_global("numpy", "ndarray") + op_tuple(op_tuple(b"K\x02"), op_str("O"), b"C\x10" + b"A" * 16) + b"\x81",
+     SPACE, "not an allow-listed class"),
+    # ... without a buffer, uninitialised memory: it went into the converted file
+    (op_global("numpy", "ndarray") + op_tuple(op_tuple(b"M\x00\x10"), op_str("u1")) + b"R", SPACE, "to call 'ndarray'"),
+    # a second BUILD of an array frees the data that a view made in between still reads
+    (RECONSTRUCT + b"q\x00" + ARRAY_STATE + b"b0h\x00" + ARRAY_STATE + b"b", SPACE, "set twice"),
+    # a dtype state numpy walks before any check could: version 2 (7 items), fields given
+    (op_dtype("f8") + op_tuple(b"K\x02", op_str("<"), b"N", b"N", b"N", MINUS_ONE, MINUS_ONE) + b"b", SPACE,
+     "dtype state"),
+    # the hash of a deeply nested tuple recurses in C without a limit (a segfault at ~10**5 levels)
+    (b"}" + b")" + b"\x85" * 100_000 + b"K\x01s", SPACE, "a tuple as a dict key"),
+    (op_global("builtins", "frozenset") + op_tuple(b"]" + b")\x85\x85" + b"a") + b"R", SPACE, "a tuple as a dict key"),
+    # bytearray(10**11): 12 bytes of pickle, 100 GB of memory
+    (op_global("builtins", "bytearray") + op_tuple(b"\x8a\x05" + (10 ** 11).to_bytes(5, "little")) + b"R",
+     SPACE, "bytearray of a int"),
+    # torch classes have no place in a space file (a module's __getattr__ served __array_interface__,
+    # which np.asarray followed to any address)
+    (ENTRY, SPACE, "allow-list"),
+    # Parameter(x) calls x.detach(): a module's __getattr__ served a class, and torch called it
+    (op_global("torch._utils", "_rebuild_parameter") + op_tuple(ENTRY, b"\x89", op_global("collections", "OrderedDict")
+                                                                + b")R") + b"R", MODEL, "Parameter made from a Identity"),
+    # a tensor on anything but a storage read from the archive
+    (op_global("torch._utils", "_rebuild_tensor_v2") + op_tuple(ENTRY, b"K\x00", op_tuple(b"K\x01"), op_tuple(b"K\x01"),
+                                                                b"\x89", op_global("collections", "OrderedDict") + b")R")
+     + b"R", MODEL, "storage not read from the archive"),
+])
+def test_what_numpy_and_torch_would_trust_is_checked_first(data, kind, message, tmp_path):
+    """Found in a second review, after the first round of fixes: each of these crashed the
+    converter (segfault), leaked its memory into the written file, or called an allowed class."""
+    (tmp_path / "evil.pkl").write_bytes(b"\x80\x02" + data + b".")
+    with pytest.raises(UnsafePickleError, match=re.escape(message)):
+        load_pickle(tmp_path / "evil.pkl", kind)
+
+
+def test_numpy_data_as_numpy_writes_it_loads(tmp_path):
+    (tmp_path / "ok.pkl").write_bytes(b"\x80\x02" + RECONSTRUCT + ARRAY_STATE + b"b.")
+    assert load_pickle(tmp_path / "ok.pkl", SPACE).tolist() == [float(np.frombuffer(b"A" * 8, "<f8")[0])]
+
+
 def test_plain_numpy_arrays_and_scalars_still_load(tmp_path):
     values = (np.arange(6, dtype=">f4").reshape(2, 3), np.float64(2.5), np.int64(7), np.array([True, False]))
     (tmp_path / "ok.pkl").write_bytes(pickle.dumps(values, protocol=2))
@@ -580,7 +635,7 @@ def test_allowed_globals():
     assert resolve_global("torch.nn.modules.linear", "Linear") is torch.nn.Linear
     assert resolve_global("timm.models.vision_transformer", "VisionTransformer") is VisionTransformer
     assert resolve_global("timm.layers.format", "Format") is Format
-    assert resolve_global("__builtin__", "set") is set
+    assert resolve_global("__builtin__", "set")(["a"]) == {"a"}  # a stand-in that checks what it hashes
     assert resolve_global("torch", "bfloat16") is torch.bfloat16
 
 
@@ -638,18 +693,18 @@ class Bait:
 def sentinel(monkeypatch):
     """Puts the stand-ins on the allow-list as `sentinel.call` and `sentinel.bait` (and the call under its
     own name, as torch.save writes it); yields the list of the calls they saw."""
-    from style_components import convert
+    from style_components import unpickle
     CALLS.clear()
     for key, obj in {"sentinel.call": sentinel_call, "sentinel.bait": Bait(),
                      f"{__name__}.sentinel_call": sentinel_call}.items():
-        monkeypatch.setitem(convert._SUBSTITUTES, key, obj)
+        monkeypatch.setitem(unpickle._PLAIN, key, obj)
     yield CALLS
     CALLS.clear()
 
 
 def load_bytes(data: bytes, tmp_path: Path):
     (tmp_path / "file.pkl").write_bytes(data)
-    return load_pickle(tmp_path / "file.pkl")
+    return load_pickle(tmp_path / "file.pkl", SPACE if b"sklearn" in data else MODEL)  # a PCA is a space's
 
 
 def test_the_sentinel_is_on_the_allow_list(sentinel, tmp_path):
