@@ -10,6 +10,7 @@ atomically. The original adapters are safetensors already.
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import warnings
@@ -22,7 +23,7 @@ import torch
 from . import files
 from .errors import ModelFileError, StyleComponentsError, UnsafePickleError
 from .space import StyleSpace
-from .unpickle import MODEL, SPACE, PickledPCA, load_pickle, resolve_global  # noqa: F401  (resolve_global: API)
+from .unpickle import MODEL, SPACE, PickledPCA, describe, load_pickle, resolve_global  # noqa: F401  (resolve_global: API)
 
 # --- style space --------------------------------------------------------------------------
 
@@ -42,7 +43,7 @@ def convert_space(src, dst, name: str | None = None, extractor: str = "") -> Sty
     if k is None:
         k = components.shape[0] if components.ndim else 0
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ModelFileError(src, f"the PCA's n_components_ is {k!r:.40}, not a positive whole number")
+        raise ModelFileError(src, f"the PCA's n_components_ is {describe(k)}, not a positive whole number")
     k = int(k)
     mean = _float_array(src, getattr(pca, "mean_", None), "the PCA's mean_")
     std = _float_array(src, std, "std").reshape(-1)
@@ -112,7 +113,7 @@ def convert_extractor(src, dst, preprocess: str = "v0.3", architecture: str | No
     must load the weights strictly and reproduce the module's output before anything is
     written. Returns the metadata written.
     """
-    from .extract import FORMAT, IMAGENET_MEAN, IMAGENET_STD, PREPROCESS
+    from .extract import PREPROCESS
 
     if preprocess not in PREPROCESS:
         raise StyleComponentsError(f"unknown preprocessing {preprocess!r}; known: {', '.join(sorted(PREPROCESS))}")
@@ -120,10 +121,24 @@ def convert_extractor(src, dst, preprocess: str = "v0.3", architecture: str | No
     if not isinstance(model, torch.nn.Module):
         raise ModelFileError(src, f"holds a {type(model).__name__}, not a whole model saved with torch.save(model)")
     _refuse_stored_code(src, model)
+    try:
+        metadata, state = _rebuilt_metadata(src, model, preprocess, architecture, model_kwargs)
+    except (RuntimeError, RecursionError, MemoryError) as e:  # torch on a module whose attributes came from the file
+        raise ModelFileError(src, f"cannot be converted ({type(e).__name__}: {describe(str(e))})") from None
+    files.write(dst, state, {**metadata, "name": name or Path(dst).stem})
+    return {**metadata, "name": name or Path(dst).stem}
+
+
+def _rebuilt_metadata(src, model: torch.nn.Module, preprocess: str, architecture: str | None,
+                      model_kwargs: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The extractor metadata and state dict of the module read from `src`, once a model built by
+    timm from them has the same modules, attributes and output."""
+    from .extract import FORMAT, IMAGENET_MEAN, IMAGENET_STD
+
     model.float().eval()  # the file holds float32 weights; compare in the same precision
     cfg = _pretrained_cfg(model)
     architecture = architecture or cfg.get("architecture")
-    if not architecture:
+    if not architecture or type(architecture) is not str:
         raise ModelFileError(src, "does not say which timm architecture it is: give its name "
                                   "(--architecture, e.g. vit_base_patch14_dinov2)")
     if model_kwargs is None:
@@ -141,14 +156,19 @@ def convert_extractor(src, dst, preprocess: str = "v0.3", architecture: str | No
     if preprocess == "v0.3" and getattr(rebuilt, "dynamic_img_size", True) is False:
         raise ModelFileError(src, "v0.3 preprocessing needs variable input sizes: add "
                                   "\"dynamic_img_size\": true to the model arguments")
-    dim = _check_outputs(src, model, rebuilt, _dummy_input(model, cfg), architecture, kwargs)
+    _check_same_modules(src, model, rebuilt)
+    dim = _check_outputs(src, model, rebuilt, _dummy_input(rebuilt), architecture, kwargs)
     metadata = {"format": FORMAT, "architecture": architecture, "model_kwargs": kwargs,
                 "preprocess": preprocess, "dim": dim,
-                "mean": [float(v) for v in cfg.get("mean", IMAGENET_MEAN)],
-                "std": [float(v) for v in cfg.get("std", IMAGENET_STD)],
-                "name": name or Path(dst).stem}
-    files.write(dst, state, metadata)
-    return metadata
+                "mean": _channels(src, cfg, "mean", IMAGENET_MEAN), "std": _channels(src, cfg, "std", IMAGENET_STD)}
+    return metadata, state
+
+
+def _channels(src, cfg: dict, key: str, default) -> list[float]:
+    values = cfg.get(key, default)
+    if type(values) not in (list, tuple) or len(values) != 3 or not all(type(v) in (int, float) for v in values):
+        raise ModelFileError(src, f"its pretrained_cfg {key!r} is {describe(values)}, not 3 numbers")
+    return [float(v) for v in values]
 
 
 def _refuse_stored_code(src, model: torch.nn.Module) -> None:
@@ -260,30 +280,71 @@ def _vit_kwargs(src, model: torch.nn.Module) -> dict[str, Any]:
     defaults = {"qk_norm": False, "scale_attn_norm": False, "scale_mlp_norm": False, "proj_bias": True,
                 "final_norm": True, "pos_embed": "learn", "pool_include_prefix": False, "dynamic_img_pad": False}
     kwargs.update({k: v for k, v in optional.items() if v != defaults[k]})
+    for key, value in kwargs.items():  # read from the file's attributes: they go into metadata and messages
+        if not (type(value) in (int, float, bool, type(None)) or type(value) is str and len(value) <= 64
+                or type(value) is list and len(value) == 2 and all(type(v) is int for v in value)):
+            raise _unsupported(src, f"its {key} is {describe(value)}")
     return kwargs
 
 
 def _rebuild(src, architecture: str, kwargs: dict, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
-    from .extract import _build_model  # the extractor loader's own checks and timm call
+    from .extract import _build_model, _check_state_dict  # the extractor loader's own checks and timm call
 
-    model = _build_model(src, architecture, kwargs)
+    with torch.device("meta"):  # shapes first: the arguments came from the file's attributes
+        skeleton = _build_model(src, architecture, kwargs)
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        problem = " ".join(str(e).split())[:300]
+        _check_state_dict(src, skeleton, state)
+    except ModelFileError as e:
         raise ModelFileError(src, f"its weights do not fit {architecture!r} built with {json.dumps(kwargs)} "
-                                  f"({problem}); give the right model arguments (--model-kwargs)") from None
+                                  f"({e.key}: {e.problem}); give the right model arguments (--model-kwargs)") from None
+    model = _build_model(src, architecture, kwargs)
+    model.load_state_dict(state, strict=True)
     return model.eval()
 
 
-def _dummy_input(model: torch.nn.Module, cfg: dict) -> torch.Tensor:
-    """One random image at the size the model was built for, or a smaller one where it takes any size.
+_METADATA_ATTRS = {"pretrained_cfg", "default_cfg", "pretrained_cfg_overlay", "_model_args", "training",
+                   # v0.3 turns dynamic_img_size on (same output at the saved size): flags only
+                   "dynamic_img_size", "strict_img_size", "flatten", "output_fmt"}
 
-    A ViT-B at 518 px takes seconds to minutes on a CPU; 8x8 patches still use every weight.
-    """
-    channels, *size = cfg.get("input_size", (3, 224, 224))
+
+def _check_same_modules(src, original: torch.nn.Module, rebuilt: torch.nn.Module) -> None:
+    """The saved module is run below to compare outputs; it runs the same code as the rebuilt one
+    only if it has the same modules and the same plain attributes. A file could otherwise put any
+    allowed module where a Dropout stands, or give a Conv2d a padding of millions."""
+    # by class name: an equivalent class of another package stands in places (torch's GELU, timm's GELU)
+    theirs, ours = list(original.named_modules()), list(rebuilt.named_modules())
+    kinds = lambda modules: [(n, type(m).__name__) for n, m in modules]  # noqa: E731
+    if kinds(theirs) != kinds(ours):
+        first = next(((a, x) for (a, x), (b, y) in zip(kinds(theirs), kinds(ours)) if (a, x) != (b, y)),
+                     ("", f"{len(theirs)} modules, not {len(ours)}"))
+        raise ModelFileError(src, f"its modules are not those of the rebuilt model (at {first[0]!r}: {first[1]})")
+    for (path, m), (_, r) in zip(theirs, ours):
+        mine = vars(r)
+        for attr, value in vars(m).items():
+            if attr in ("_parameters", "_buffers", "_modules") or attr in _METADATA_ATTRS or "hook" in attr:
+                continue  # hooks: refused by _refuse_stored_code
+            if not _plain(value) or (attr in mine and type(value) is not dict and _plain(mine[attr])  # dicts: metadata
+                                     and value != mine[attr]):
+                raise ModelFileError(src, f"the rebuilt model differs (module {path or 'the model'!r}: {attr} is "
+                                          f"{describe(value)}, rebuilt {describe(mine.get(attr))}); give the right "
+                                          f"model arguments (--model-kwargs)")
+
+
+def _plain(value, depth: int = 0) -> bool:
+    if type(value) in (int, float, bool, str, type(None), torch.dtype) or isinstance(value, enum.Enum):
+        return True
+    if depth < 2 and type(value) in (tuple, list, set, frozenset):
+        return all(_plain(v, depth + 1) for v in value)
+    return depth < 2 and type(value) is dict and all(_plain(k, 2) and _plain(v, depth + 1) for k, v in value.items())
+
+
+def _dummy_input(model: torch.nn.Module) -> torch.Tensor:
+    """One random image at the size the (rebuilt) model was built for, or a smaller one where it
+    takes any size. A ViT-B at 518 px takes seconds to minutes on a CPU; 8x8 patches still use every weight."""
+    channels, *size = model.pretrained_cfg.get("input_size", (3, 224, 224))
     embed = getattr(model, "patch_embed", None)
     if embed is not None and hasattr(embed, "img_size"):
+        channels = embed.proj.in_channels
         size = embed.img_size  # a ViT built with img_size=... keeps its registry cfg's input_size
         if getattr(model, "dynamic_img_size", False):
             size = [min(s, 8 * p) for s, p in zip(size, embed.patch_size)]

@@ -72,6 +72,15 @@ def _refuse(what: str) -> UnsafePickleError:
     return UnsafePickleError(f"refused {what}")
 
 
+def describe(value) -> str:
+    """A file's value for a message: never its repr, which a small file can make terabytes long."""
+    if type(value) in (int, float, bool, type(None)) and len(str(value)) < 40:
+        return repr(value)
+    if type(value) in (str, bytes):
+        return repr(value[:40]) + ("..." if len(value) > 40 else "")
+    return f"a {type(value).__name__}"
+
+
 def check_key(key) -> None:
     """A dict key or set item: a plain value or a flat tuple of them, so that hashing it is safe."""
     for k in key if type(key) is tuple else (key,):
@@ -92,7 +101,7 @@ def check_state(state) -> None:
             raise _refuse(f"object state given as a {type(attrs).__name__}, not a dict")
         for key, value in attrs.items():
             if not isinstance(key, str) or key.startswith("__") or callable(value):
-                raise _refuse(f"to set attribute {key!r:.60} to a {type(value).__name__}")
+                raise _refuse(f"to set attribute {describe(key)} to a {type(value).__name__}")
 
 
 def check_plain_dtype(dtype) -> None:
@@ -105,7 +114,7 @@ def check_plain_dtype(dtype) -> None:
 def _ints(value, what: str, ndim: bool = False) -> None:
     """An int, or (ndim) a tuple of ints: what torch.save and numpy write for offsets and shapes."""
     if not (type(value) is tuple and all(type(v) is int for v in value) if ndim else type(value) is int):
-        raise _refuse(f"{what} {value!r:.60}: not whole numbers")
+        raise _refuse(f"{what} {describe(value)}: not whole numbers")
 
 
 def _no_hooks(hooks) -> None:
@@ -118,7 +127,7 @@ def _no_hooks(hooks) -> None:
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     """Stands in for `_codecs.encode`: protocol 2 stores bytes as latin-1 text; no other codec is needed."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise _refuse(f"_codecs.encode of a {type(text).__name__} with codec {encoding!r:.20}")
+        raise _refuse(f"_codecs.encode of a {type(text).__name__} with codec {describe(encoding)}")
     return text.encode("latin1")
 
 
@@ -149,7 +158,7 @@ def _ordered_dict(items=()):
 
 _PLAIN = {
     "builtins.set": _hashing(set), "builtins.frozenset": _hashing(frozenset),
-    "builtins.slice": slice, "builtins.complex": complex, "builtins.bytearray": _bytearray,
+    "builtins.complex": complex, "builtins.bytearray": _bytearray,
     "collections.OrderedDict": _ordered_dict, "_codecs.encode": _latin1_encode,
 }
 _SPACE_ONLY = {
@@ -250,7 +259,7 @@ class RestrictedUnpickler(pickle._Unpickler):
         try:
             self._plain(np.dtype(spec))
         except TypeError:
-            raise _refuse(f"numpy dtype {spec!r:.20}") from None
+            raise _refuse(f"numpy dtype {describe(spec)}") from None
         dtype = np.dtype(spec, copy=True)
         self._new_dtypes[id(dtype)] = dtype
         return dtype
@@ -305,6 +314,10 @@ class RestrictedUnpickler(pickle._Unpickler):
         _no_hooks(backward_hooks)
         if type(requires_grad) is not bool or metadata:
             raise _refuse("tensor arguments other than torch.save's")
+        # more elements than the storage holds means overlapping ones (stride 0): a 2-byte record
+        # would become a terabyte tensor when the converter copies it
+        if math.prod(size) > storage._size() - offset:  # _size(): size() warns that TypedStorage is deprecated
+            raise _refuse(f"a tensor of {math.prod(size)} elements on a storage of {storage._size()}")
         # a fresh OrderedDict: torch keeps the one it is given, which the file could fill later
         return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, collections.OrderedDict())
 
@@ -427,10 +440,10 @@ class _TorchZipUnpickler(RestrictedUnpickler):
 
     def persistent_load(self, saved_id) -> Any:
         if not (type(saved_id) is tuple and len(saved_id) == 5 and saved_id[0] in ("storage", b"storage")):
-            raise _refuse(f"persistent id {saved_id!r:.80}: torch.save writes only storages")
+            raise _refuse(f"persistent id {describe(saved_id)}: torch.save writes only storages")
         _, storage_type, key, _location, numel = saved_id
         if not isinstance(storage_type, StorageType) or type(key) is not str or type(numel) is not int or numel < 0:
-            raise ModelFileError(self.path, f"garbled storage record {saved_id!r:.80}")
+            raise ModelFileError(self.path, f"garbled storage record (key {describe(key)}, size {describe(numel)})")
         if (key, storage_type.dtype) not in self.by_key:  # the reader checks the record holds this many bytes
             nbytes = numel * torch._utils._element_size(storage_type.dtype)
             data = self.reader.get_storage_from_record(f"data/{key}", nbytes, torch.UntypedStorage)
@@ -446,7 +459,11 @@ def _torch_zip_load(path: Path, kind: str) -> Any:
     the same records) and unpickled here. torch.load is never called: it hands an archive with
     TorchScript records to torch.jit.load, which runs code from the file."""
     reader = torch._C.PyTorchFileReader(str(path))
-    if any(r.rsplit("/", 1)[-1] == "constants.pkl" for r in reader.get_all_records()):
+    records = reader.get_all_records()
+    if sum(reader.get_record_size(r) for r in records) > path.stat().st_size:
+        # torch.save stores records uncompressed; a deflated one could inflate a thousandfold
+        raise ModelFileError(path, "holds compressed records, which torch.save never writes")
+    if any(r.rsplit("/", 1)[-1] == "constants.pkl" for r in records):
         raise ModelFileError(path, "is a TorchScript archive, not a torch.save file")
     if not reader.has_record("data.pkl"):
         raise ModelFileError(path, "is a zip archive without data.pkl, not a torch.save file")

@@ -114,7 +114,7 @@ def test_convert_space_reads_every_pickle_protocol(protocol, tmp_path):
     (lambda pca, std: (pca, std * 1e300), "std holds NaN or infinite values (in float32)"),  # finite in float64
     (lambda pca, std: (pca, std * 1e-300), "needs 6 positive standard deviations"),           # 0 in float32
     (lambda pca, std: (setattr(pca, "mean_", pca.mean_ + 1e300) or pca, std), "mean_ holds NaN or infinite"),
-    (lambda pca, std: (setattr(pca, "n_components_", [6]) or pca, std), "n_components_ is [6], not a positive"),
+    (lambda pca, std: (setattr(pca, "n_components_", [6]) or pca, std), "n_components_ is a list, not a positive"),
     (lambda pca, std: (setattr(pca, "n_components_", 2.7) or pca, std), "n_components_ is 2.7, not a positive"),
     (lambda pca, std: (setattr(pca, "n_components_", -1) or pca, std), "n_components_ is -1, not a positive"),
 ])
@@ -336,9 +336,9 @@ def test_other_models_need_explicit_model_kwargs(tmp_path, capsys):
 
 @pytest.mark.parametrize("model_kwargs, message", [
     ({**SMALL, "num_classes": 0, "dynamic_img_size": True, "depth": 3}, "do not fit"),
-    # same weights, different pooling: only the output comparison can tell
+    # same weights, different pooling: the module's attributes (and its output) tell
     ({**SMALL, "num_classes": 0, "dynamic_img_size": True, "global_pool": "avg", "fc_norm": False},
-     "does not reproduce"),
+     "global_pool is 'token', rebuilt 'avg'"),
     ({**SMALL, "num_classes": 0}, "dynamic_img_size"),
     ({"no_such_argument": 1}, "cannot build"),
 ])
@@ -522,6 +522,81 @@ def test_what_numpy_and_torch_would_trust_is_checked_first(data, kind, message, 
     (tmp_path / "evil.pkl").write_bytes(b"\x80\x02" + data + b".")
     with pytest.raises(UnsafePickleError, match=re.escape(message)):
         load_pickle(tmp_path / "evil.pkl", kind)
+
+
+def test_messages_never_repr_what_the_file_holds(tmp_path):
+    """Found in a third review: `{value!r:.60}` builds the whole repr before cutting it, and the
+    memo lets 1000 references to one 100 kB string (a 100 kB file) make a 100 MB message."""
+    shape = op_str("a" * 100_000) + b"q\x000" + b"](" + b"h\x00" * 1000 + b"e"  # memo 0 = the string
+    data = op_global(f"{NUMPY_CORE}.numeric", "_frombuffer") + op_tuple(b"C\x08" + b"A" * 8, op_dtype("f8"), shape,
+                                                                        op_str("C")) + b"R"
+    (tmp_path / "evil.pkl").write_bytes(b"\x80\x02" + data + b".")
+    with pytest.raises(UnsafePickleError) as info:
+        load_pickle(tmp_path / "evil.pkl", SPACE)
+    assert "shape a list: not whole numbers" in str(info.value) and len(str(info.value)) < 300
+
+
+def test_slices_are_refused():
+    """A chain of 10**6 slices, each holding the next, crashed the process when freed (CPython frees
+    slices recursively, without the guard lists and tuples have). Releases hold no slices."""
+    with pytest.raises(UnsafePickleError, match="allow-list"):
+        resolve_global("builtins", "slice")
+
+
+def vit_file(tmp_path, change=lambda model: None, name="model.pt") -> Path:
+    model = dinov2_vit()
+    change(model)
+    torch.save(model, tmp_path / name)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("change, error, message", [
+    # a tensor with stride 0 on a 1-element storage: copying it (float(), isfinite, the file) made it real
+    (lambda m: setattr(m, "cls_token", torch.nn.Parameter(torch.zeros(1).expand(1, 1, 64))), UnsafePickleError,
+     "elements on a storage of 1"),
+    # the rebuilt model's arguments come from attributes: a list of lists went into every message
+    (lambda m: setattr(m, "global_pool", [["token"] * 100] * 100), ModelFileError, "its global_pool is a list"),
+    # ... and a big one built the whole model before its weights were compared (16 GB at 2**26)
+    (lambda m: setattr(m, "num_classes", 4_000_000), ModelFileError, "do not fit"),
+    # the saved module is run to compare outputs: any allowed module could stand where a Dropout does...
+    (lambda m: setattr(m, "pos_drop", torch.nn.Upsample(scale_factor=250_000)), ModelFileError,
+     "at 'pos_drop': Upsample"),
+    # ... or a module of the right kind with other arguments
+    (lambda m: setattr(m.patch_embed.proj, "padding", (100_000, 100_000)), ModelFileError,
+     "'patch_embed.proj': padding is a tuple, rebuilt a tuple"),
+])
+def test_a_module_built_to_exhaust_memory_is_refused_before_it_runs(change, error, message, tmp_path, monkeypatch):
+    """Found in a third review: each made the converter allocate gigabytes (or more) from a small file."""
+    from style_components import convert, extract
+    built_on, ran = [], []
+    real_build = extract._build_model
+    monkeypatch.setattr(extract, "_build_model", lambda *a: built_on.append(torch.empty(0).device.type) or real_build(*a))
+    monkeypatch.setattr(convert, "_check_outputs", lambda *a: ran.append(a))
+    with pytest.raises(error, match=re.escape(message)):
+        convert_extractor(vit_file(tmp_path, change), tmp_path / "e.safetensors")
+    assert ran == [] and not (tmp_path / "e.safetensors").exists()  # the saved module never ran
+    if message == "do not fit":
+        assert built_on == ["meta"]  # never built for real
+    assert built_on in ([], ["meta"], ["meta", "cpu"])  # a real model is built only once its weights fit
+
+
+def test_the_dummy_input_is_the_rebuilt_models_not_the_files(tmp_path):
+    """The file's pretrained_cfg said (120000, 56, 56): a 1.5 GB input was made from it."""
+    src = vit_file(tmp_path, lambda m: m.pretrained_cfg.update(input_size=(120_000, 56, 56)))
+    assert convert_extractor(src, tmp_path / "e.safetensors")["dim"] == 64
+
+
+def test_compressed_records_are_refused(tmp_path):
+    """torch's zip reader inflates deflated records (torch.save never writes them): 1 MB of file
+    could be 1 GB of tensor."""
+    import zipfile
+    src = vit_file(tmp_path, lambda m: m.register_buffer("zeros", torch.zeros(256, 1024)))
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(tmp_path / "deflated.pt", "w", zipfile.ZIP_DEFLATED) as out:
+        for info in z.infolist():
+            out.writestr(info.filename, z.read(info.filename))
+    assert (tmp_path / "deflated.pt").stat().st_size < 1_000_000 < src.stat().st_size
+    with pytest.raises(ModelFileError, match="compressed records"):
+        load_pickle(tmp_path / "deflated.pt")
 
 
 def test_numpy_data_as_numpy_writes_it_loads(tmp_path):
@@ -811,7 +886,7 @@ def test_only_the_latin1_codec(tmp_path):
 @pytest.mark.parametrize("protocol", [2, 4, 5])
 def test_allowed_data_round_trips(protocol, tmp_path):
     data = {"od": collections.OrderedDict(a=1), "set": {1, 2}, "frozen": frozenset("ab"), "c": 1 + 2j,
-            "slice": slice(1, 5, 2), "ba": bytearray(b"xy"), "dtype": torch.float16,
+            "ba": bytearray(b"xy"), "dtype": torch.float16,
             "array": np.arange(6, dtype=np.float32).reshape(2, 3), "scalar": np.float64(2.5)}
     (tmp_path / "data.pkl").write_bytes(pickle.dumps(data, protocol=protocol))
     loaded = load_pickle(tmp_path / "data.pkl")
