@@ -120,13 +120,16 @@ def convert_extractor(src, dst, preprocess: str = "v0.3", architecture: str | No
     model = load_pickle(src, MODEL)
     if not isinstance(model, torch.nn.Module):
         raise ModelFileError(src, f"holds a {type(model).__name__}, not a whole model saved with torch.save(model)")
-    _refuse_stored_code(src, model)
     try:
+        _refuse_stored_code(src, model)
         metadata, state = _rebuilt_metadata(src, model, preprocess, architecture, model_kwargs)
-    except (RuntimeError, RecursionError, MemoryError) as e:  # torch on a module whose attributes came from the file
-        raise ModelFileError(src, f"cannot be converted ({type(e).__name__}: {describe(str(e))})") from None
-    files.write(dst, state, {**metadata, "name": name or Path(dst).stem})
-    return {**metadata, "name": name or Path(dst).stem}
+        metadata["name"] = name or Path(dst).stem
+        files.write(dst, state, metadata)
+    except (StyleComponentsError, OSError):  # OSError: writing the output (a full disk)
+        raise
+    except Exception as e:  # torch and timm on a module whose attributes came from the file
+        raise ModelFileError(src, f"cannot be converted ({type(e).__name__}: {describe(str(e)[:200])})") from None
+    return metadata
 
 
 def _rebuilt_metadata(src, model: torch.nn.Module, preprocess: str, architecture: str | None,
@@ -135,7 +138,6 @@ def _rebuilt_metadata(src, model: torch.nn.Module, preprocess: str, architecture
     timm from them has the same modules, attributes and output."""
     from .extract import FORMAT, IMAGENET_MEAN, IMAGENET_STD
 
-    model.float().eval()  # the file holds float32 weights; compare in the same precision
     cfg = _pretrained_cfg(model)
     architecture = architecture or cfg.get("architecture")
     if not architecture or type(architecture) is not str:
@@ -149,15 +151,14 @@ def _rebuilt_metadata(src, model: torch.nn.Module, preprocess: str, architecture
             kwargs["dynamic_img_size"] = True
     else:
         kwargs = dict(model_kwargs)
-    state = model.state_dict()
-    for key, tensor in state.items():
-        files.check_finite(src, key, tensor)
+    state = _float_state(src, model)
     rebuilt = _rebuild(src, architecture, kwargs, state)
     if preprocess == "v0.3" and getattr(rebuilt, "dynamic_img_size", True) is False:
         raise ModelFileError(src, "v0.3 preprocessing needs variable input sizes: add "
                                   "\"dynamic_img_size\": true to the model arguments")
     _check_same_modules(src, model, rebuilt)
-    dim = _check_outputs(src, model, rebuilt, _dummy_input(rebuilt), architecture, kwargs)
+    model.float().eval()  # only now: a module's own _apply/train code runs here (timm's rotary embeddings)
+    dim = _check_outputs(src, model, rebuilt, _dummy_input(src, rebuilt), architecture, kwargs)
     metadata = {"format": FORMAT, "architecture": architecture, "model_kwargs": kwargs,
                 "preprocess": preprocess, "dim": dim,
                 "mean": _channels(src, cfg, "mean", IMAGENET_MEAN), "std": _channels(src, cfg, "std", IMAGENET_STD)}
@@ -166,9 +167,24 @@ def _rebuilt_metadata(src, model: torch.nn.Module, preprocess: str, architecture
 
 def _channels(src, cfg: dict, key: str, default) -> list[float]:
     values = cfg.get(key, default)
-    if type(values) not in (list, tuple) or len(values) != 3 or not all(type(v) in (int, float) for v in values):
-        raise ModelFileError(src, f"its pretrained_cfg {key!r} is {describe(values)}, not 3 numbers")
+    if type(values) not in (list, tuple) or len(values) != 3 or not all(
+            type(v) in (int, float) and math.isfinite(v) and (key == "mean" or v > 0) for v in values):
+        raise ModelFileError(src, f"its pretrained_cfg {key!r} is {describe(values)}, not 3 (positive) numbers")
     return [float(v) for v in values]
+
+
+def _float_state(src, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights as float32 copies, each checked; tensors sharing memory are refused (safetensors
+    cannot store them, and a thousand views of one record would become a thousand copies)."""
+    state, seen = {}, set()
+    for key, tensor in model.state_dict().items():
+        where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if tensor.numel() and where in seen:
+            raise ModelFileError(src, "shares its memory with another weight", key)
+        seen.add(where)
+        files.check_finite(src, key, tensor)
+        state[key] = tensor.float() if tensor.is_floating_point() else tensor
+    return state
 
 
 def _refuse_stored_code(src, model: torch.nn.Module) -> None:
@@ -179,13 +195,15 @@ def _refuse_stored_code(src, model: torch.nn.Module) -> None:
     todo, seen = [("", model)], set()
     while todo:
         path, module = todo.pop()
-        if id(module) in seen:  # a file can make the module graph a cycle
-            continue
-        seen.add(id(module))
         where, attrs = f"{src}: " + (f"module {path!r}" if path else "the model"), vars(module)
+        if id(module) in seen:  # a cycle, or one block listed N times: N real blocks once rebuilt
+            raise UnsafePickleError(f"{where} is a module met twice in the model")
+        seen.add(id(module))
         for name, value in attrs.items():
-            if "hook" in name and value and not isinstance(value, bool):  # _is_full_backward_hook is a flag
+            if "hook" in name and not (type(value) in (bool, type(None)) or isinstance(value, dict) and not value):
                 raise UnsafePickleError(f"{where} carries {name}, code that conversion would run")
+            if name not in contents and "hook" not in name and not _plain(value):  # e.g. a tensor outside
+                raise UnsafePickleError(f"{where}: attribute {name} is a {type(value).__name__}")  # the state
         for group, kind in contents.items():
             values = attrs.get(group, {})
             if not isinstance(values, dict) or not all(v is None or isinstance(v, kind) for v in values.values()):
@@ -204,17 +222,27 @@ def _is_on(module: torch.nn.Module | None) -> bool:
     return module is not None and not isinstance(module, torch.nn.Identity)
 
 
-def _pair(size) -> int | list[int]:
-    size = [int(s) for s in (size if isinstance(size, (tuple, list)) else (size, size))]
+def _size(src, value, what: str) -> int:
+    """A layer size read from the file's attributes: a whole number a model could have."""
+    if type(value) is not int or not 0 < value < 2 ** 24:
+        raise _unsupported(src, f"its {what} is {describe(value)}")
+    return value
+
+
+def _pair(src, size, what: str) -> int | list[int]:
+    size = [_size(src, s, what) for s in (size if type(size) in (tuple, list) and len(size) == 2 else (size, size))]
     return size[0] if size[0] == size[1] else size
 
 
-def _mlp_ratio(hidden: int, dim: int) -> float:
+def _mlp_ratio(src, hidden: int, dim: int) -> float:
     # timm builds int(dim * mlp_ratio) hidden units: nudge the ratio up until the product lands on `hidden`.
+    hidden, dim = _size(src, hidden, "MLP width"), _size(src, dim, "embedding width")
     ratio = hidden / dim
-    while int(dim * ratio) < hidden:
+    for _ in range(64):
+        if int(dim * ratio) >= hidden:
+            return ratio
         ratio = math.nextafter(ratio, math.inf)
-    return ratio
+    raise _unsupported(src, f"its MLP width {hidden} is not a multiple of {dim} that timm can build")
 
 
 _ACTIVATIONS = {"GELU": "gelu", "GELUTanh": "gelu_tanh", "QuickGELU": "quick_gelu", "SiLU": "silu"}
@@ -253,9 +281,9 @@ def _vit_kwargs(src, model: torch.nn.Module) -> dict[str, Any]:
         raise _unsupported(src, "it has normalisation layers other than LayerNorm(eps=1e-6)")
     block, embed = blocks[0], model.patch_embed
     kwargs = {
-        "img_size": _pair(embed.img_size), "patch_size": _pair(embed.patch_size),
+        "img_size": _pair(src, embed.img_size, "image size"), "patch_size": _pair(src, embed.patch_size, "patch size"),
         "in_chans": embed.proj.in_channels, "embed_dim": model.embed_dim, "depth": len(blocks),
-        "num_heads": block.attn.num_heads, "mlp_ratio": _mlp_ratio(block.mlp.fc1.out_features, model.embed_dim),
+        "num_heads": block.attn.num_heads, "mlp_ratio": _mlp_ratio(src, block.mlp.fc1.out_features, model.embed_dim),
         "qkv_bias": block.attn.qkv.bias is not None,
         # layer scale is on for any init value; the scales themselves come from the state dict
         "init_values": 1e-5 if _is_on(getattr(block, "ls1", None)) else None,
@@ -281,8 +309,9 @@ def _vit_kwargs(src, model: torch.nn.Module) -> dict[str, Any]:
                 "final_norm": True, "pos_embed": "learn", "pool_include_prefix": False, "dynamic_img_pad": False}
     kwargs.update({k: v for k, v in optional.items() if v != defaults[k]})
     for key, value in kwargs.items():  # read from the file's attributes: they go into metadata and messages
-        if not (type(value) in (int, float, bool, type(None)) or type(value) is str and len(value) <= 64
-                or type(value) is list and len(value) == 2 and all(type(v) is int for v in value)):
+        if not (type(value) in (float, bool, type(None)) or type(value) is int and abs(value) < 2 ** 31
+                or type(value) is str and len(value) <= 64
+                or type(value) is list and len(value) == 2 and all(type(v) is int and 0 < v < 2 ** 24 for v in value)):
             raise _unsupported(src, f"its {key} is {describe(value)}")
     return kwargs
 
@@ -338,7 +367,10 @@ def _plain(value, depth: int = 0) -> bool:
     return depth < 2 and type(value) is dict and all(_plain(k, 2) and _plain(v, depth + 1) for k, v in value.items())
 
 
-def _dummy_input(model: torch.nn.Module) -> torch.Tensor:
+MAX_CHECK_PATCHES = 64 * 64  # DINOv2 at 518 px has 37 x 37
+
+
+def _dummy_input(src, model: torch.nn.Module) -> torch.Tensor:
     """One random image at the size the (rebuilt) model was built for, or a smaller one where it
     takes any size. A ViT-B at 518 px takes seconds to minutes on a CPU; 8x8 patches still use every weight."""
     channels, *size = model.pretrained_cfg.get("input_size", (3, 224, 224))
@@ -348,6 +380,10 @@ def _dummy_input(model: torch.nn.Module) -> torch.Tensor:
         size = embed.img_size  # a ViT built with img_size=... keeps its registry cfg's input_size
         if getattr(model, "dynamic_img_size", False):
             size = [min(s, 8 * p) for s, p in zip(size, embed.patch_size)]
+        if math.prod(s // p for s, p in zip(size, embed.patch_size)) > MAX_CHECK_PATCHES:
+            # attention costs the square of it; without a position embedding no weight bounds the size
+            raise ModelFileError(src, f"its image size {list(size)} is too large to check (more than "
+                                      f"{MAX_CHECK_PATCHES} patches)")
     return torch.randn(1, int(channels), *(int(s) for s in size), generator=torch.Generator().manual_seed(0))
 
 

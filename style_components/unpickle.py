@@ -74,7 +74,7 @@ def _refuse(what: str) -> UnsafePickleError:
 
 def describe(value) -> str:
     """A file's value for a message: never its repr, which a small file can make terabytes long."""
-    if type(value) in (int, float, bool, type(None)) and len(str(value)) < 40:
+    if type(value) is int and value.bit_length() < 64 or type(value) in (float, bool, type(None)):
         return repr(value)
     if type(value) in (str, bytes):
         return repr(value[:40]) + ("..." if len(value) > 40 else "")
@@ -111,10 +111,15 @@ def check_plain_dtype(dtype) -> None:
         raise _refuse(f"numpy dtype {getattr(dtype, 'str', type(dtype).__name__)!r}: only plain number types are read")
 
 
+_MAX_INDEX = 2 ** 48  # far above any real size, and products of a few stay cheap (huge ints multiply slowly)
+
+
 def _ints(value, what: str, ndim: bool = False) -> None:
-    """An int, or (ndim) a tuple of ints: what torch.save and numpy write for offsets and shapes."""
-    if not (type(value) is tuple and all(type(v) is int for v in value) if ndim else type(value) is int):
-        raise _refuse(f"{what} {describe(value)}: not whole numbers")
+    """An int, or (ndim) a tuple of at most 32 ints, each in [0, 2**48): what torch.save and numpy
+    write for offsets, sizes, strides and shapes."""
+    values = value if ndim and type(value) is tuple and len(value) <= 32 else None if ndim else (value,)
+    if values is None or not all(type(v) is int and 0 <= v < _MAX_INDEX for v in values):
+        raise _refuse(f"{what} {describe(value)}: not whole numbers from 0 to 2**48")
 
 
 def _no_hooks(hooks) -> None:
@@ -437,6 +442,8 @@ class _TorchZipUnpickler(RestrictedUnpickler):
     def __init__(self, reader, path: Path, kind: str) -> None:
         super().__init__(io.BytesIO(reader.get_record("data.pkl")), kind)
         self.reader, self.path, self.by_key = reader, path, {}
+        self.records = set(reader.get_all_records())  # torch's lookup ignores case: names must match exactly
+        self.bytes_left = path.stat().st_size          # each record is read once, in one dtype
 
     def persistent_load(self, saved_id) -> Any:
         if not (type(saved_id) is tuple and len(saved_id) == 5 and saved_id[0] in ("storage", b"storage")):
@@ -444,14 +451,19 @@ class _TorchZipUnpickler(RestrictedUnpickler):
         _, storage_type, key, _location, numel = saved_id
         if not isinstance(storage_type, StorageType) or type(key) is not str or type(numel) is not int or numel < 0:
             raise ModelFileError(self.path, f"garbled storage record (key {describe(key)}, size {describe(numel)})")
-        if (key, storage_type.dtype) not in self.by_key:  # the reader checks the record holds this many bytes
+        if key not in self.by_key:  # the reader checks the record holds this many bytes
             nbytes = numel * torch._utils._element_size(storage_type.dtype)
+            if f"data/{key}" not in self.records or nbytes > self.bytes_left:
+                raise ModelFileError(self.path, f"names a storage record {describe(key)} it does not hold")
+            self.bytes_left -= nbytes
             data = self.reader.get_storage_from_record(f"data/{key}", nbytes, torch.UntypedStorage)
             storage = torch.storage.TypedStorage(
                 wrap_storage=data._typed_storage()._untyped_storage, dtype=storage_type.dtype, _internal=True)
-            self.by_key[key, storage_type.dtype] = storage
+            self.by_key[key] = storage
             self._storages[id(storage)] = storage
-        return self.by_key[key, storage_type.dtype]
+        if self.by_key[key].dtype != storage_type.dtype:
+            raise ModelFileError(self.path, f"reads storage record {describe(key)} as two types")
+        return self.by_key[key]
 
 
 def _torch_zip_load(path: Path, kind: str) -> Any:

@@ -580,6 +580,62 @@ def test_a_module_built_to_exhaust_memory_is_refused_before_it_runs(change, erro
     assert built_on in ([], ["meta"], ["meta", "cpu"])  # a real model is built only once its weights fit
 
 
+def repeat_block(m):
+    m.blocks._modules["1"] = m.blocks._modules["0"]
+
+
+@pytest.mark.parametrize("change, preprocess, error, message", [
+    # one block listed N times: the state's shapes fit a depth-N model, built for real N times over
+    (repeat_block, "v0.3", UnsafePickleError, "is a module met twice"),
+    # a half tensor kept as a plain attribute: float() ran timm's rotary-embedding code, which rebuilt
+    # its bands at a size taken from the file (200 GB); nothing runs on the module before this check
+    (lambda m: setattr(m.blocks[0], "bands", torch.zeros(4, dtype=torch.half)), "v0.3", UnsafePickleError,
+     "attribute bands is a Tensor"),
+    # weights sharing memory: a thousand views of one half record became a thousand float copies
+    (lambda m: setattr(m.blocks[1].attn.qkv, "weight", m.blocks[0].attn.qkv.weight), "v0.3", ModelFileError,
+     "shares its memory with another weight"),
+    # sizes read from attributes: 0.5 made _mlp_ratio step one ulp at a time (10**15 steps)
+    (lambda m: setattr(m.blocks[0].mlp.fc1, "out_features", 0.5), "v0.3", ModelFileError, "its MLP width is 0.5"),
+    # without a position embedding no weight bounds the image size: attention on 90k tokens (v0.2)
+    (lambda m: (setattr(m, "pos_embed", None), setattr(m, "dynamic_img_size", False),
+                setattr(m.patch_embed, "img_size", (4200, 4200)), setattr(m.patch_embed, "grid_size", (300, 300)),
+                setattr(m.patch_embed, "num_patches", 90_000)), "v0.2", ModelFileError, "too large to check"),
+    # whatever torch raises on such a module is one line, not a traceback
+    (lambda m: setattr(m, "eval", 0), "v0.3", ModelFileError, "cannot be converted (TypeError"),
+])
+def test_a_module_that_would_cost_memory_time_or_a_traceback_is_refused(change, preprocess, error, message, tmp_path):
+    """Found in a fourth review."""
+    with pytest.raises(error, match=re.escape(message)):
+        convert_extractor(vit_file(tmp_path, change), tmp_path / "e.safetensors", preprocess=preprocess)
+    assert not (tmp_path / "e.safetensors").exists()
+
+
+def test_storage_records_are_named_exactly(tmp_path):
+    """torch's zip reader looks records up ignoring case, so keys 'A', 'a'... each read one record
+    again (3000 references to a 2 MB record: 6 GB). Only the exact name is read, and only once."""
+    import zipfile
+    src = vit_file(tmp_path)
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(tmp_path / "case.pt", "w") as out:
+        for info in z.infolist():
+            data = z.read(info.filename)
+            if info.filename.endswith("data.pkl"):
+                data = data.replace(b"X\x01\x00\x00\x000", b"X\x01\x00\x00\x00A")  # storage key "0" -> "A"
+            out.writestr(info.filename.replace("/data/0", "/data/a"), data)
+    with pytest.raises(ModelFileError, match="names a storage record 'A' it does not hold"):
+        load_pickle(tmp_path / "case.pt")
+
+
+def test_sizes_are_bounded_before_they_are_multiplied(tmp_path):
+    """A 100 kB int, referenced 300 times as a shape (2 bytes each), took minutes to multiply."""
+    huge = b"\x8a\x04\x00\x00\x00\x01"  # 2**24 as LONG1: fine; then one of 2**48
+    shape = op_tuple(huge, b"\x8a\x07" + (2 ** 48).to_bytes(7, "little"))
+    data = op_global(f"{NUMPY_CORE}.numeric", "_frombuffer") + op_tuple(b"C\x08" + b"A" * 8, op_dtype("f8"), shape,
+                                                                        op_str("C")) + b"R"
+    (tmp_path / "big.pkl").write_bytes(b"\x80\x02" + data + b".")
+    with pytest.raises(UnsafePickleError, match="from 0 to 2"):
+        load_pickle(tmp_path / "big.pkl", SPACE)
+
+
 def test_the_dummy_input_is_the_rebuilt_models_not_the_files(tmp_path):
     """The file's pretrained_cfg said (120000, 56, 56): a 1.5 GB input was made from it."""
     src = vit_file(tmp_path, lambda m: m.pretrained_cfg.update(input_size=(120_000, 56, 56)))
