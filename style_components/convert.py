@@ -10,7 +10,6 @@ atomically. The original adapters are safetensors already.
 
 from __future__ import annotations
 
-import enum
 import json
 import math
 import warnings
@@ -23,7 +22,7 @@ import torch
 from . import files
 from .errors import ModelFileError, StyleComponentsError, UnsafePickleError
 from .space import StyleSpace
-from .unpickle import MODEL, SPACE, PickledPCA, describe, load_pickle, resolve_global  # noqa: F401  (resolve_global: API)
+from .unpickle import MODEL, SPACE, PickledPCA, describe, is_atom, load_pickle, resolve_global  # noqa: F401
 
 # --- style space --------------------------------------------------------------------------
 
@@ -360,7 +359,7 @@ def _check_same_modules(src, original: torch.nn.Module, rebuilt: torch.nn.Module
 
 
 def _plain(value, depth: int = 0) -> bool:
-    if type(value) in (int, float, bool, str, type(None), torch.dtype) or isinstance(value, enum.Enum):
+    if is_atom(value):
         return True
     if depth < 2 and type(value) in (tuple, list, set, frozenset):
         return all(_plain(v, depth + 1) for v in value)

@@ -41,7 +41,7 @@ SPACE, MODEL = "space", "model"
 _MODULE_PACKAGES = ("torch.nn.modules", "timm.layers", "timm.models")
 _NUMPY_CORE = ("numpy._core", "numpy.core")  # numpy >= 2, numpy 1
 _PLAIN_KINDS = "biufc"  # bool, integers, floats, complex: what the PCA's arrays and scalars hold
-_ATOMS = (str, bytes, int, float, complex, bool, type(None), torch.dtype)
+ATOMS = (str, bytes, int, float, complex, bool, type(None), torch.dtype)  # plain values (and Enum members)
 
 # torch.save names each storage by a class of this kind; it stands for a dtype (as in torch.load).
 _STORAGE_DTYPES = {
@@ -81,10 +81,14 @@ def describe(value) -> str:
     return f"a {type(value).__name__}"
 
 
+def is_atom(value) -> bool:
+    return type(value) in ATOMS or isinstance(value, enum.Enum)
+
+
 def check_key(key) -> None:
     """A dict key or set item: a plain value or a flat tuple of them, so that hashing it is safe."""
     for k in key if type(key) is tuple else (key,):
-        if not (type(k) in _ATOMS or isinstance(k, enum.Enum)):
+        if not is_atom(k):
             raise _refuse(f"a {type(k).__name__} as a dict key or set item")
 
 
