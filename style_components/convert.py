@@ -177,10 +177,10 @@ def _float_state(src, model: torch.nn.Module) -> dict[str, torch.Tensor]:
     cannot store them, and a thousand views of one record would become a thousand copies)."""
     state, seen = {}, set()
     for key, tensor in model.state_dict().items():
-        where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
-        if tensor.numel() and where in seen:
+        storage = tensor.untyped_storage().data_ptr()  # per storage: views at other offsets share it too
+        if tensor.numel() and storage in seen:
             raise ModelFileError(src, "shares its memory with another weight", key)
-        seen.add(where)
+        seen.add(storage)
         files.check_finite(src, key, tensor)
         state[key] = tensor.float() if tensor.is_floating_point() else tensor
     return state

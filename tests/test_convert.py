@@ -594,6 +594,9 @@ def repeat_block(m):
     # weights sharing memory: a thousand views of one half record became a thousand float copies
     (lambda m: setattr(m.blocks[1].attn.qkv, "weight", m.blocks[0].attn.qkv.weight), "v0.3", ModelFileError,
      "shares its memory with another weight"),
+    # ... also as views at other offsets of one storage
+    (lambda m: setattr(m.blocks[1].attn.proj, "bias", torch.nn.Parameter(m.blocks[0].attn.qkv.weight.data.view(-1)[1:65])),
+     "v0.3", ModelFileError, "shares its memory with another weight"),
     # sizes read from attributes: 0.5 made _mlp_ratio step one ulp at a time (10**15 steps)
     (lambda m: setattr(m.blocks[0].mlp.fc1, "out_features", 0.5), "v0.3", ModelFileError, "its MLP width is 0.5"),
     # without a position embedding no weight bounds the image size: attention on 90k tokens (v0.2)
