@@ -310,7 +310,7 @@ class RestrictedUnpickler(pickle._Unpickler):
             _ints(shape, "shape", ndim=True)
             self._plain(dtype)
             if type(version) is not int or type(fortran) is not bool or type(data) not in (bytes, bytearray) \
-                    or min(shape, default=0) < 0 or len(data) != math.prod(shape) * dtype.itemsize:
+                    or len(data) != math.prod(shape) * dtype.itemsize:  # (_ints: no negative sizes)
                 raise _refuse("numpy array state other than numpy's own")
 
     # -- torch: tensors on storages read from the archive --
