@@ -115,6 +115,11 @@ def check_plain_dtype(dtype) -> None:
         raise _refuse(f"numpy dtype {getattr(dtype, 'str', type(dtype).__name__)!r}: only plain number types are read")
 
 
+# What a release can hold, far above it: a torch.save'd 24-block ViT-L is 63 k opcodes and 540 modules.
+# Every opcode makes at most a small object (~100 bytes), a module's BUILD a dozen dicts (~6 kB):
+# these bound what a small file can make the converter allocate to a few hundred MB.
+MAX_OPCODES = 2_000_000
+MAX_MODULES = 20_000
 _MAX_INDEX = 2 ** 48  # far above any real size, and products of a few stay cheap (huge ints multiply slowly)
 
 
@@ -221,6 +226,13 @@ def _refuse_opcode(name: str) -> Callable:
     return refuse
 
 
+def _counted(load: Callable) -> Callable:
+    def run(unpickler) -> None:
+        unpickler._count()  # every opcode counts against MAX_OPCODES
+        load(unpickler)
+    return run
+
+
 # --- the unpickler ------------------------------------------------------------------------
 
 class RestrictedUnpickler(pickle._Unpickler):
@@ -235,6 +247,7 @@ class RestrictedUnpickler(pickle._Unpickler):
     def __init__(self, file, kind: str = MODEL, **kwargs) -> None:
         super().__init__(file, **kwargs)
         self.kind = kind
+        self._opcodes = self._modules = 0
         self._globals: dict[int, Any] = {}
         self._new_dtypes: dict[int, np.dtype] = {}    # made here, BUILD not yet applied
         self._new_arrays: dict[int, np.ndarray] = {}  # empty, from _reconstruct, BUILD not yet applied
@@ -367,11 +380,6 @@ class RestrictedUnpickler(pickle._Unpickler):
             check_key(args[0])
         super().load_reduce()
 
-    def _check_class(self, cls) -> None:
-        # NEWOBJ(_EX) calls cls.__new__: an allow-listed class's, not one an instance carries.
-        if not (isinstance(cls, type) and id(cls) in self._globals) or cls is np.ndarray:
-            raise _refuse(f"to create a {getattr(cls, '__qualname__', type(cls).__name__)}: not an allow-listed class")
-
     def load_newobj(self) -> None:
         self._check_class(self.stack[-2])
         super().load_newobj()
@@ -379,6 +387,20 @@ class RestrictedUnpickler(pickle._Unpickler):
     def load_newobj_ex(self) -> None:
         self._check_class(self.stack[-3])
         super().load_newobj_ex()
+
+    def _check_class(self, cls) -> None:
+        # NEWOBJ(_EX) calls cls.__new__: an allow-listed class's, not one an instance carries.
+        if not (isinstance(cls, type) and id(cls) in self._globals) or cls is np.ndarray:
+            raise _refuse(f"to create a {getattr(cls, '__qualname__', type(cls).__name__)}: not an allow-listed class")
+        if issubclass(cls, torch.nn.Module):
+            self._modules += 1
+            if self._modules > MAX_MODULES:
+                raise _refuse(f"a model of more than {MAX_MODULES:,} modules (a ViT-L has 540)")
+
+    def _count(self) -> None:
+        self._opcodes += 1
+        if self._opcodes > MAX_OPCODES:
+            raise _refuse(f"a pickle of more than {MAX_OPCODES:,} opcodes (a whole ViT-L is 63,000)")
 
     def _check_container(self, target, kind: type) -> None:
         # These opcodes call the target's append/extend/__setitem__/add: only a plain container's
@@ -434,6 +456,7 @@ class RestrictedUnpickler(pickle._Unpickler):
     dispatch[pickle.DICT[0]] = load_dict
     dispatch[pickle.ADDITEMS[0]] = load_additems
     dispatch[pickle.FROZENSET[0]] = load_frozenset
+    dispatch = {code: _counted(load) for code, load in dispatch.items()}
 
 
 def _numpy_core() -> str:

@@ -536,6 +536,24 @@ def test_messages_never_repr_what_the_file_holds(tmp_path):
     assert "shape a list: not whole numbers" in str(info.value) and len(str(info.value)) < 300
 
 
+def test_a_pickle_that_builds_too_much_is_refused(tmp_path):
+    """Left open by the fourth review: every opcode builds something, so a file of tens of MB could
+    make the converter allocate GBs (a 40 MB chain of 200 k modules: 1.2 GB). Opcodes and modules
+    are now counted; a real ViT-L is 63 k opcodes and 540 modules."""
+    from style_components import unpickle
+    empty_dicts = b"(" + b"}" * unpickle.MAX_OPCODES + b"l"  # a list of 2 M dicts: 2 MB of pickle, ~130 MB built
+    (tmp_path / "dicts.pkl").write_bytes(b"\x80\x02" + empty_dicts + b".")
+    with pytest.raises(UnsafePickleError, match=r"more than 2,000,000 opcodes"):
+        load_pickle(tmp_path / "dicts.pkl", SPACE)
+    modules = b"(" + (ENTRY + b"}b") * (unpickle.MAX_MODULES + 1) + b"l"  # 20,001 modules, each given a state
+    (tmp_path / "modules.pkl").write_bytes(b"\x80\x02" + modules + b".")
+    with pytest.raises(UnsafePickleError, match=r"more than 20,000 modules"):
+        load_pickle(tmp_path / "modules.pkl", MODEL)
+    fewer = b"(" + (ENTRY + b"}b") * unpickle.MAX_MODULES + b"l"  # the limits themselves are allowed
+    (tmp_path / "fewer.pkl").write_bytes(b"\x80\x02" + fewer + b".")
+    assert len(load_pickle(tmp_path / "fewer.pkl", MODEL)) == unpickle.MAX_MODULES
+
+
 def test_slices_are_refused():
     """A chain of 10**6 slices, each holding the next, crashed the process when freed (CPython frees
     slices recursively, without the guard lists and tuples have). Releases hold no slices."""
