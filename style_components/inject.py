@@ -14,6 +14,7 @@ styles given to `apply`, or NULL for the null style `proj(0)` that uncond rows g
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from typing import Callable, Sequence
 
@@ -102,7 +103,7 @@ class StyleHandle:
         self._rows: torch.Tensor | None = None
         self._rows_on: dict = {}  # rows copied per (batch, device), once per call, not per layer
         self.set_styles(style_inputs)
-        self.start, self.end, self.progress = start, end, 0.0
+        self.start, self.end, self.progress, self._last_step = start, end, 0.0, 0.0
         if rows is not None and not callable(rows):
             self.set_rows(rows)  # checked before any hook exists: a bad argument leaves no trace
         self._hooks, n_terms = [], 0
@@ -122,12 +123,19 @@ class StyleHandle:
         except BaseException:
             self.remove()
             raise
+        if _active.get(unet):
+            warnings.warn(f"this UNet already has {len(_active[unet])} style handle(s) applied, and their style terms "
+                          f"add up (a forgotten remove()?); remove_all(unet) clears them", stacklevel=3)
         _active.setdefault(unet, []).append(self)
 
     def set_styles(self, style_inputs: torch.Tensor) -> None:
         """Replace the style table (same use as `apply`'s style_inputs); rows keep their meaning."""
         p = self.adapter.image_proj.norm.weight
-        inputs = torch.as_tensor(style_inputs).to(p.device, torch.float32).reshape(-1, self.adapter.d_in)
+        inputs = torch.as_tensor(style_inputs).to(p.device, torch.float32)
+        if inputs.ndim not in (1, 2) or inputs.shape[-1] != self.adapter.d_in:  # reshaping would mix styles
+            raise StyleComponentsError(f"style inputs of shape {list(inputs.shape)}: this adapter takes "
+                                       f"[{self.adapter.d_in}] or [styles, {self.adapter.d_in}]")
+        inputs = inputs.reshape(-1, self.adapter.d_in)
         if not bool(torch.isfinite(inputs).all()):  # NaN would reach every image, and caches
             raise StyleComponentsError("style inputs hold NaN or infinite values")
         if self._rows is not None and bool((self._rows >= inputs.shape[0]).any()):
@@ -163,8 +171,16 @@ class StyleHandle:
         self._rows = rows
 
     def set_progress(self, fraction: float) -> None:
-        """Where sampling is (0 = first step, 1 = done); the style is on for start <= fraction < end."""
+        """Where sampling is (0 = first step, 1 = done); the style is on for start <= fraction < end.
+
+        Going back (a new pass on a reused handle) recomputes the cached style terms: W_o may have
+        been rewritten through `.data` in between (diffusers' fuse_lora, EMA's copy_to), which
+        leaves no trace in its version counter."""
         self.progress = float(fraction)
+        if self.progress <= 1.0:  # OFF (inf), a host's "no step here", is not a step
+            if self.progress < self._last_step:
+                self.version += 1
+            self._last_step = self.progress
 
     def rows_for(self, batch: int, device: torch.device) -> torch.Tensor:
         key = (batch, device)
@@ -263,13 +279,15 @@ class _StyleTerm:
 
     def _projection_key(self, out: torch.Tensor) -> tuple | None:
         """What a value projected through W_o depends on, or None (recompute on every call) when
-        that cannot be told: an offloaded (meta) W_o, or a wrapped or hooked one (PEFT's unmerged
+        that cannot be told: an offloaded (meta) or inference-mode W_o, or a wrapped or hooked one (PEFT's unmerged
         LoRA) whose output changes when its adapters are switched or rescaled."""
         out_proj = self.out_proj
         if type(out_proj) is not nn.Linear or out_proj._forward_hooks or out_proj._forward_pre_hooks:
             return None
         w_o = out_proj.weight
-        return None if w_o.is_meta else (out.dtype, out.device, id(out_proj), w_o._version, w_o.data_ptr())
+        if w_o.is_meta or w_o.is_inference():  # inference tensors (made under inference_mode) have no version
+            return None
+        return out.dtype, out.device, id(out_proj), w_o._version, w_o.data_ptr()
 
     def _attention(self, q: torch.Tensor, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Decoupled attention of the layer's queries over the style tokens, through W_o (no bias).

@@ -51,8 +51,9 @@ class Generation:
         self._pre_hook = None
         self._pass_styled = False
         self._told: set[str] = set()
-        # this pass: UNet calls with the style on, style terms added, calls it missed (rows unknown)
-        self._calls_on = self._layer_calls = self._missed = 0
+        # this pass: UNet calls of its steps, those with the style on, style terms added, calls it
+        # missed (rows unknown)
+        self._calls_stepped = self._calls_on = self._layer_calls = self._missed = 0
 
     # -- the style of each image ---------------------------------------------------------
     def image_components(self, image_seeds: Sequence[int | None]) -> list[tuple[float, ...]]:
@@ -70,7 +71,7 @@ class Generation:
         self.end_pass()
         self.components = self.image_components(image_seeds)
         self._pass_styled = False
-        self._calls_on = self._layer_calls = self._missed = 0
+        self._calls_stepped = self._calls_on = self._layer_calls = self._missed = 0
         self.progress = OFF  # until the host announces a step: calls before it are not the sampler's
         consequence = "This pass runs" if self.passes else "This image is generated"
         return self._hook(unet, f"{consequence} without the style.")
@@ -120,19 +121,24 @@ class Generation:
         else:
             self.handle.set_rows(rows)
             self.handle.set_progress(self.progress)
+            self._calls_stepped += self.handle.n_terms > 0
             self._calls_on += self.handle.active and self.handle.n_terms > 0
         return None
 
     def check_pass(self) -> None:
         """At the end of a pass: raise when the style was on for UNet calls and none of its
         layers ran (something runs in place of the UNet's modules: the image would lack the
-        style); say so when some calls could not be matched to the step's rows."""
+        style); say so when its range held none of the pass's steps, or some calls could not be
+        matched to the step's rows."""
         layer_calls = self._layer_calls + (self.handle.layer_calls if self.handle is not None else 0)
         if self._calls_on and not layer_calls:
             raise StyleComponentsError(
                 f"the style was on for {self._calls_on} UNet calls, but none of the UNet's cross-attention "
                 "layers ran: something runs in its place (in A1111, the 'SD Unet' setting, e.g. a TensorRT "
                 "engine). Set SD Unet to None, or turn the style off")
+        if self._calls_stepped and not self._calls_on:
+            self._tell(f"Style Components: the style's range (start {self.params.start:g}, end {self.params.end:g}) "
+                       "holds none of this pass's sampling steps; it ran without the style. Widen the range.")
         if self._missed:
             self._tell("Style Components: some UNet calls had rows that match no sampling step's batch "
                        "(another extension calling the UNet?); they ran without the style.")

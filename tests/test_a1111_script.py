@@ -571,6 +571,18 @@ def test_unet_calls_that_match_no_step_are_unstyled_and_reported(env, monkeypatc
     _assert_clean(env["unet"])
 
 
+def test_a_style_range_that_holds_no_step_is_reported(env):
+    """Found in review: a range such as 0.6-0.9 at 2 steps (progress 0 and 0.5) holds no step; the
+    image came out unstyled while the infotext recorded the style, and nothing said so."""
+    _, bare = generate(env, None, steps=2)
+    p, res = generate(env, args(components=[1.5] * 30, start=0.6, end=0.9), steps=2)
+    assert torch.equal(res.images[0], bare.images[0])
+    assert len(p.comments) == 1 and "holds none of this pass's sampling steps" in next(iter(p.comments))
+    p, res = generate(env, args(components=[1.5] * 30, start=0.5, end=0.9), steps=2)
+    assert not p.comments and not torch.equal(res.images[0], bare.images[0])
+    _assert_clean(env["unet"])
+
+
 def test_on_forge_the_script_stays_off_and_says_why(env, tmp_path, monkeypatch, capsys):
     """Forge keeps its UNet in forge_objects (no sd_model.model.diffusion_model): the script must
     not show up and fail every generation there; it says once which extension to use."""

@@ -150,7 +150,8 @@ def test_remove_all_clears_forgotten_handles(sd15_ldm, plain):
     inputs, base = plain
     adapter = adapter_for(sd15_ldm)
     apply(sd15_ldm, adapter, torch.randn(1, 30))
-    apply(sd15_ldm, adapter, torch.randn(1, 30), weights="style")
+    with pytest.warns(UserWarning, match="add up"):
+        apply(sd15_ldm, adapter, torch.randn(1, 30), weights="style")
     assert not torch.equal(run_ldm(sd15_ldm, inputs), base)
     remove_all(sd15_ldm)
     assert torch.equal(run_ldm(sd15_ldm, inputs), base)
@@ -554,3 +555,61 @@ def test_a_failed_install_raises_its_own_error_and_leaves_no_hook(sd15_ldm, plai
         apply(sd15_ldm, adapter_for(sd15_ldm), torch.randn(1, 30))
     assert not any(l.module._forward_hooks for l in find_attn2(sd15_ldm))
     assert torch.equal(run_ldm(sd15_ldm, inputs), base)
+
+
+@pytest.mark.parametrize("tokens", [1, 4])
+def test_a_reused_handle_follows_weights_rewritten_through_data(tokens):
+    """Found in review: writes through `.data` (diffusers' fuse_lora, EMAModel.copy_to) leave W_o's
+    version counter as it was, so a handle reused for the next pipe call kept the old style term."""
+    unet = diffusers_unet(SMALL_SD1_DIFFUSERS)
+    g = torch.Generator().manual_seed(12)
+    inputs = (torch.randn(2, 4, 16, 16, generator=g), torch.full((2,), 500), torch.randn(2, 77, 64, generator=g))
+    adapter, styles, rows = adapter_for(unet, tokens=tokens), torch.randn(1, 30, generator=g), cfg_rows(1)
+    with apply(unet, adapter, styles, rows=rows) as style:
+        style.set_progress(0.0)
+        run_diffusers(unet, inputs)
+        style.set_progress(0.5)
+        for layer in find_attn2(unet):  # between two pipe calls, as fuse_lora does it
+            out_proj = layer.module.to_out[0]
+            out_proj.weight.data += 0.05 * torch.randn(out_proj.weight.shape, generator=g)
+        style.set_progress(0.0)  # the next call starts over
+        got = run_diffusers(unet, inputs)
+    assert close(got, expected(unet, run_diffusers, inputs, adapter, styles, rows))
+
+
+def test_a_unet_made_in_inference_mode_takes_the_style():
+    """Found in review: parameters created under torch.inference_mode() (from_pretrained inside it)
+    have no version counter, and reading it raised on every styled call."""
+    with torch.inference_mode():
+        unet = diffusers_unet(SMALL_SD1_DIFFUSERS)
+    g = torch.Generator().manual_seed(13)
+    inputs = (torch.randn(2, 4, 16, 16, generator=g), torch.full((2,), 500), torch.randn(2, 77, 64, generator=g))
+    adapter, styles, rows = adapter_for(unet), torch.randn(1, 30, generator=g), cfg_rows(1)
+    assert find_attn2(unet)[0].module.to_out[0].weight.is_inference()
+    with apply(unet, adapter, styles, rows=rows):
+        got = run_diffusers(unet, inputs)
+    assert close(got, expected(unet, run_diffusers, inputs, adapter, styles, rows))
+
+
+def test_applying_twice_warns_that_the_styles_add_up():
+    """Found in review: a notebook cell run twice stacked a second handle, silently doubling the style."""
+    unet = diffusers_unet(SMALL_SD1_DIFFUSERS, device="meta")
+    adapter, styles = adapter_for(unet), torch.randn(1, 30)
+    with apply(unet, adapter, styles):
+        with pytest.warns(UserWarning, match="already has 1 style handle"):
+            apply(unet, adapter, styles)
+        remove_all(unet)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        apply(unet, adapter, styles).remove()  # none left: no warning
+
+
+@pytest.mark.parametrize("shape", [(1, 60), (2, 15), (60,), (1, 1, 30)])
+def test_style_inputs_of_the_wrong_width_are_refused(shape):
+    """Found in review: [1, 60] given to a 30-input adapter became two styles, [2, 15] one style
+    mixing two images' values."""
+    unet = diffusers_unet(SMALL_SD1_DIFFUSERS, device="meta")
+    with pytest.raises(StyleComponentsError, match=r"takes \[30\] or \[styles, 30\]"):
+        apply(unet, adapter_for(unet), torch.zeros(shape))
+    assert not any(m._forward_hooks for m in unet.modules())
