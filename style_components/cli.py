@@ -12,6 +12,8 @@ import sys
 from typing import Sequence
 
 from .errors import StyleComponentsError
+from .layers import PRESET_NAMES
+from .train.commands import positive_int
 
 
 def _json_object(text: str) -> dict:
@@ -155,6 +157,16 @@ def _add_extract(commands: argparse._SubParsersAction) -> None:
 
 # --- demo and generate ---------------------------------------------------------------------
 
+def _image_file(text: str) -> str:
+    """An output image path whose suffix Pillow can write (checked before minutes of generating)."""
+    from pathlib import Path
+
+    from PIL import Image
+    if Path(text).suffix.lower() not in Image.registered_extensions():
+        raise argparse.ArgumentTypeError(f"{text}: not an image file name Pillow can write (e.g. .png)")
+    return text
+
+
 def _demo(args: argparse.Namespace) -> None:
     from .demo import DEMO_DIR, run
     run(args.out, seed=args.seed, sweep_component=args.component - 1, steps=args.steps, strength=_strength(args),
@@ -181,10 +193,10 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
                                description="Generate a grid with the demo models in models/demo: rows = icon "
                                            "names, columns = base, extracted theme styles, a random style, "
                                            "a sweep of one component.")
-    demo.add_argument("--out", default="style_components_demo.png", help="PNG to write")
+    demo.add_argument("--out", type=_image_file, default="style_components_demo.png", help="PNG to write")
     demo.add_argument("--seed", type=int, default=0, help="seed of the first row (and of the random style)")
-    demo.add_argument("--component", type=int, default=1, help="component swept in the last columns (1-based)")
-    demo.add_argument("--steps", type=int, default=20, help="sampler steps")
+    demo.add_argument("--component", type=positive_int, default=1, help="component swept in the last columns (1-based)")
+    demo.add_argument("--steps", type=positive_int, default=20, help="sampler steps")
     demo.add_argument("--models", help=MODELS_HELP + "; and references/THEME/*.png, one column per theme")
     _add_strength(demo)
     demo.set_defaults(run=_demo)
@@ -235,16 +247,16 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
     gen.add_argument("--ref", nargs="+", type=_weighted_image, metavar="IMAGE[:WEIGHT]",
                      help="reference images whose style is extracted")
     _add_strength(gen)
-    gen.add_argument("--preset", default="all", help="block preset: all, style, texture, composition")
+    gen.add_argument("--preset", default="all", choices=PRESET_NAMES, help="block preset of the per-layer weights")
     gen.add_argument("--start", type=float, default=0.0, help="style on from this fraction of the steps")
     gen.add_argument("--end", type=float, default=1.0, help="style off from this fraction of the steps")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--n", type=int, default=4, help="images per name")
-    gen.add_argument("--steps", type=int, default=20)
+    gen.add_argument("--n", type=positive_int, default=4, help="images per name")
+    gen.add_argument("--steps", type=positive_int, default=20)
     gen.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
-    gen.add_argument("--zoom", type=int, default=2, help="pixel zoom of the output")
+    gen.add_argument("--zoom", type=positive_int, default=2, help="pixel zoom of the output")
     gen.add_argument("--models", help=MODELS_HELP)
-    gen.add_argument("--out", default="style_components_generate.png")
+    gen.add_argument("--out", type=_image_file, default="style_components_generate.png")
     gen.set_defaults(run=_generate)
 
 

@@ -14,6 +14,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .errors import UsageError
+
 DEMO_DIR = Path(__file__).resolve().parent.parent / "models" / "demo"
 NAMES = ("folder", "computer", "system-search", "printer", "go-next", "media-record")
 SWEEP = (-2.0, -1.0, 0.0, 1.0, 2.0)
@@ -50,6 +52,8 @@ class DemoModels:
 
 def columns(models: DemoModels, seed: int, sweep_component: int) -> list[tuple[str, torch.Tensor | None]]:
     from .params import random_components
+    if not 0 <= sweep_component < models.space.k:  # (0-based here; the CLI's --component counts from 1)
+        raise UsageError(f"component {sweep_component + 1}: the style space has components 1 to {models.space.k}")
 
     k = models.space.k
     cols: list[tuple[str, torch.Tensor | None]] = [("base", None)]

@@ -20,3 +20,7 @@ class UnsafePickleError(StyleComponentsError):
 
 class IncompatibleModelError(StyleComponentsError):
     """An adapter does not fit the UNet it was applied to (e.g. SDXL adapter on SD1)."""
+
+
+class UsageError(StyleComponentsError, ValueError):
+    """A wrong argument or setting (a ValueError too, as Python's own argument errors are)."""

@@ -24,7 +24,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import files
-from .errors import ModelFileError, StyleComponentsError
+from .errors import ModelFileError, StyleComponentsError, UsageError
 
 FORMAT = "style-components-extractor"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -137,7 +137,7 @@ def preprocess_image(image: Image.Image, name: str, mean: Sequence[float] = IMAG
                      std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
     """Image -> the [3, H, W] tensor the `name` preprocessing ("v0.2" or "v0.3") gives."""
     if name not in PREPROCESS:
-        raise ValueError(f"unknown preprocessing {name!r}; known: {', '.join(sorted(PREPROCESS))}")
+        raise UsageError(f"unknown preprocessing {name!r}; known: {', '.join(sorted(PREPROCESS))}")
     return to_tensor(PREPROCESS[name](to_rgb(image)), mean, std)
 
 
@@ -156,7 +156,7 @@ def load_image(source: ImageInput) -> Image.Image:
             raise StyleComponentsError(f"{source}: cannot read the image ({e})") from None
     if isinstance(source, np.ndarray):
         if source.dtype != np.uint8 or source.ndim != 3 or source.shape[2] not in (3, 4):
-            raise ValueError(f"an image array must be HxWx3 (or HxWx4) uint8, "
+            raise UsageError(f"an image array must be HxWx3 (or HxWx4) uint8, "
                              f"got shape {source.shape} dtype {source.dtype}")
         return to_rgb(Image.fromarray(source))
     raise TypeError(f"expected a PIL image, a path or a numpy array, got {type(source).__name__}")
@@ -174,12 +174,12 @@ def _check_weights(weights: Sequence[float] | None, n: int) -> list[float]:
         return [1.0] * n
     w = [float(x) for x in weights]
     if len(w) != n:
-        raise ValueError(f"{len(w)} weights given for {n} images")
+        raise UsageError(f"{len(w)} weights given for {n} images")
     for i, x in enumerate(w):
         if not math.isfinite(x) or x < 0:
-            raise ValueError(f"image weights must be finite and non-negative; weight {i} is {x}")
+            raise UsageError(f"image weights must be finite and non-negative; weight {i} is {x}")
     if sum(w) <= 0:
-        raise ValueError("at least one image weight must be positive")
+        raise UsageError("at least one image weight must be positive")
     return w
 
 
@@ -192,7 +192,7 @@ class Extractor:
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  name: str = "", source: str = "<in memory>", cache_size: int = 256):
         if preprocess not in PREPROCESS:
-            raise ValueError(f"unknown preprocessing {preprocess!r}; known: {', '.join(sorted(PREPROCESS))}")
+            raise UsageError(f"unknown preprocessing {preprocess!r}; known: {', '.join(sorted(PREPROCESS))}")
         self.model = model.eval().requires_grad_(False)
         self.preprocess, self.dim, self.name, self.source = preprocess, int(dim), name, str(source)
         self.mean, self.std = tuple(mean), tuple(std)
@@ -210,7 +210,7 @@ class Extractor:
              std: Sequence[float] = IMAGENET_STD, name: str | None = None) -> None:
         """Write `model` (a timm model built as `architecture` with `model_kwargs`) as an extractor file."""
         if preprocess not in PREPROCESS:
-            raise ValueError(f"unknown preprocessing {preprocess!r}; known: {', '.join(sorted(PREPROCESS))}")
+            raise UsageError(f"unknown preprocessing {preprocess!r}; known: {', '.join(sorted(PREPROCESS))}")
         # timm's convention: the head's size, or the pooled features' when there is no head.
         dim = getattr(model, "num_classes", 0) or model.num_features
         files.write(path, model.state_dict(), {
@@ -314,7 +314,7 @@ class Extractor:
             images = [images]
         images = list(images)
         if not images:
-            raise ValueError("no images given")
+            raise UsageError("no images given")
         w = _check_weights(weights, len(images))
         used = [(image, x) for image, x in zip(images, w) if x > 0]
         stacked = torch.stack([self.embed_one(image) for image, _ in used])

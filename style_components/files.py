@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import secrets
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import torch
 
@@ -37,27 +38,36 @@ def read(path, kind: str | None = None) -> tuple[dict[str, torch.Tensor], dict[s
     return tensors, metadata
 
 
-def write(path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, object]) -> None:
-    """Save tensors with metadata; non-string metadata values are stored as JSON.
+@contextlib.contextmanager
+def replaced(path) -> Iterator[Path]:
+    """A temporary path in `path`'s folder to write; renamed to `path` when the block succeeds.
 
-    Written to a temporary file in the same folder, then renamed: a failed or interrupted write
-    never leaves a half file that the model lists would show, nor spoils an older one."""
+    A failed or interrupted write never leaves a half file that the model lists would show (or a
+    resume would read), nor spoils an older one. The temporary name is hidden and has no model suffix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:  # on disk before the rename: a power cut leaves one file or the other
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write(path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, object]) -> None:
+    """Save tensors with metadata (non-string metadata values are stored as JSON), atomically."""
     from safetensors.torch import save_file
 
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # hidden, and no model suffix
-    try:
+    with replaced(path) as tmp:
         # safetensors creates files readable by their owner alone (0600); a model file should get
         # the mode any new file gets here (umask), so that a WebUI run by another user can read it
         os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         mode = os.stat(tmp).st_mode & 0o777
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), meta)
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def require(path, tensors: Mapping[str, torch.Tensor], key: str, shape: tuple[int | None, ...],

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from . import inject, world as world_lib
+from .errors import UsageError
 
 
 def scheduler(kind: str = "dpm"):
@@ -22,7 +23,7 @@ def scheduler(kind: str = "dpm"):
         return DPMSolverMultistepScheduler(**world_lib.SCHEDULER)
     if kind == "ddim":  # DDIM clips x0 to [-1, 1] by default: right for pixels, wrong for unit-variance latents
         return DDIMScheduler(**world_lib.SCHEDULER, clip_sample=False)
-    raise ValueError(f"unknown sampler {kind!r}: dpm or ddim")
+    raise UsageError(f"unknown sampler {kind!r}: dpm or ddim")
 
 
 def initial_noise(seeds: Sequence[int], shape: tuple[int, ...]) -> torch.Tensor:
@@ -40,7 +41,7 @@ def generate(world, names: Sequence[str], seeds: Sequence[int], *, steps: int = 
     """
     names, seeds = list(names), list(seeds)
     if len(names) != len(seeds):
-        raise ValueError(f"{len(names)} names for {len(seeds)} seeds")
+        raise UsageError(f"{len(names)} names for {len(seeds)} seeds")
     n = len(names)
     size = world.unet_config["image_size"]
     latents = initial_noise(seeds, (world.unet_config["in_channels"], size, size))

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .adapter import Adapter
-from .errors import IncompatibleModelError, StyleComponentsError
+from .errors import IncompatibleModelError, StyleComponentsError, UsageError
 from .layers import Attn2, arch, find_attn2, preset_weights
 
 NULL = -1  # row index of the null style (the last row of the style table)
@@ -95,9 +95,9 @@ class StyleHandle:
         per_layer = (preset_weights(weights, layers) if isinstance(weights, str)
                      else [_finite_number(w, "layer weight") for w in weights])
         if len(per_layer) != len(layers):
-            raise ValueError(f"{len(per_layer)} layer weights given, this UNet has {len(layers)} attn2 layers")
+            raise UsageError(f"{len(per_layer)} layer weights given, this UNet has {len(layers)} attn2 layers")
         if not 0.0 <= start <= end <= 1.0:
-            raise ValueError(f"style range {start}-{end}: need 0 <= start <= end <= 1")
+            raise UsageError(f"style range {start}-{end}: need 0 <= start <= end <= 1")
         self.adapter, self.trainable, self.version = adapter, trainable, 0
         self.layer_calls = 0  # style terms added so far: a host that bypasses the layers shows as 0
         self._rows: torch.Tensor | None = None

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import IncompatibleModelError
+from .errors import IncompatibleModelError, UsageError
 
 _DIFFUSERS = re.compile(r"(down|up)_blocks\.(\d+)\.attentions\.(\d+)\.transformer_blocks\.(\d+)\.attn2$")
 _DIFFUSERS_MID = re.compile(r"mid_block\.attentions\.(\d+)\.transformer_blocks\.(\d+)\.attn2$")
@@ -84,7 +84,7 @@ def preset_weights(preset: str, layers: list[Attn2]) -> list[float]:
     if preset == "all":
         return [1.0] * len(layers)
     if preset not in PRESETS:
-        raise ValueError(f"unknown block preset {preset!r}; choose one of {', '.join(PRESET_NAMES)}")
+        raise UsageError(f"unknown block preset {preset!r}; choose one of {', '.join(PRESET_NAMES)}")
     blocks = PRESETS[preset].get(arch(layers))
     if blocks is None:
         raise IncompatibleModelError(f"preset {preset!r} is defined for SD1 and SDXL, not a {arch(layers)} UNet")

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from .errors import UsageError
+
 KINDS = ("space", "adapter", "extractor")
 FORMATS = {"style-components-space": "space", "style-components-adapter": "adapter",
            "style-components-extractor": "extractor"}
@@ -154,7 +156,7 @@ class LoadedModel:
                 z = torch.nn.functional.pad(z, (0, self.adapter.d_in - z.shape[-1]))
             return z
         if self.space is None:
-            raise ValueError(f"{z.shape[-1]} component values given, model {self.info.name!r} takes {self.adapter.d_in}")
+            raise UsageError(f"{z.shape[-1]} component values given, model {self.info.name!r} takes {self.adapter.d_in}")
         if self.space.d != self.adapter.d_in:
             from .errors import ModelFileError
             raise ModelFileError(self.info.space, f"style space has {self.space.d}-d embeddings, the adapter "

@@ -19,6 +19,7 @@ import operator
 import re
 from dataclasses import dataclass, fields
 
+from .errors import UsageError
 from .layers import PRESET_NAMES
 
 BLOCK_PRESETS = (*PRESET_NAMES, "custom")  # "custom": per-layer weights given in `block_weights`
@@ -157,7 +158,7 @@ class StyleParams:
             return (self.components + (0.0,) * k)[:k]
         if self.seed == SEED_PER_IMAGE:
             if image_seed is None:
-                raise ValueError("seed -1 takes each image's seed, but no image seed was given")
+                raise UsageError("seed -1 takes each image's seed, but no image seed was given")
             return random_components(image_seed, k)
         return random_components(self.seed, k)
 
@@ -176,7 +177,7 @@ def random_components(seed: int, k: int) -> tuple[float, ...]:
     import torch  # lazily: this module must import without torch
 
     if not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed {seed} is outside 0..{MAX_SEED}")
+        raise UsageError(f"seed {seed} is outside 0..{MAX_SEED}")
     g = torch.Generator().manual_seed(seed)
     # One value per call: torch draws tensors of 16 or more values with a different
     # (vectorised) algorithm, which would make the first values depend on k.

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from . import files
-from .errors import ModelFileError
+from .errors import ModelFileError, UsageError
 
 FORMAT = "style-components-space"
 
@@ -46,7 +46,7 @@ class StyleSpace:
         z = torch.as_tensor(components).to(self.mean)
         k = z.shape[-1]
         if k > self.k:
-            raise ValueError(f"{k} component values given, the style space {self.name!r} has {self.k}")
+            raise UsageError(f"{k} component values given, the style space {self.name!r} has {self.k}")
         return (z * self.std[:k]) @ self.components[:k] + self.mean
 
     def label(self, i: int) -> str:

@@ -196,3 +196,25 @@ def test_a_slider_moves_what_it_measures(models):
         measured.append(float(models.space.to_components(models.extractor.embed_each(list(images)))[:, k].mean()))
     low, mid, high = measured
     assert low < mid < high and high - low > 0.3, measured
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--component", "9"], "component 9: the style space has components 1 to 8"),
+    (["demo", "--component", "0"], "argument --component: 0 is not a whole number of 1 or more"),
+    (["generate", "folder", "--n", "0"], "argument --n: 0 is not a whole number of 1 or more"),
+    (["generate", "folder", "--preset", "bogus"], "argument --preset: invalid choice: 'bogus'"),
+    (["generate", "folder", "--out", "x.jpgx"], "x.jpgx: not an image file name Pillow can write"),
+    (["generate", "folder", "--components", "1", "--start", "0.8", "--end", "0.2", "--steps", "1"],
+     "style range 0.8-0.2: need 0 <= start <= end <= 1"),
+])
+def test_wrong_demo_and_generate_arguments_are_one_line(argv, message, tmp_path, capsys):
+    """Found in review: each of these was a traceback (or, for --component 0, a sweep of the last
+    component labelled c0), some after generating for a while."""
+    out = [] if "--out" in argv else ["--out", str(tmp_path / "x.png")]
+    try:
+        code = cli.main(argv + out)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()

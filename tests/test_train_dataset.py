@@ -153,3 +153,22 @@ def test_an_image_under_a_heldout_and_a_training_name_is_kept_only_as_heldout(tm
     assert ("beta-icon-theme", "go-next") in pairs  # other themes keep their own go-next
     gallery = {x.tobytes() for x in data.images[~data.heldout]}
     assert data.heldout.any() and not any(x.tobytes() in gallery for x in data.images[data.heldout])
+
+
+def test_a_mistaken_rebuild_keeps_the_dataset_and_says_why(tmp_path, capsys):
+    """Found in review: one theme with the default --min-themes kept nothing, and the old dataset
+    was deleted with exit code 0; `--theme alpha` (no =FOLDER) said "no icon theme among []"."""
+    from style_components import cli
+    root, out = tmp_path / "icons", tmp_path / "data"
+    make_icon_tree(root)
+    base = ["dataset", str(out), "--root", str(root), "--size", "24", "--workers", "1"]
+    assert cli.main(base + ["--min-themes", "3", "--theme", "a=Alpha", "--theme", "b=Beta", "--theme", "c=Gamma"]) == 0
+    before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert cli.main(base + ["--theme", "a=Alpha"]) == 2
+    assert "no icon name is drawn by 10 or more of the 1 themes (--min-themes); nothing written" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert cli.main(base + ["--theme", "alpha"]) == 2
+    assert "--theme alpha: give LABEL=FOLDER" in capsys.readouterr().err
+    assert cli.main(base + ["--theme", "a=Nothing"]) == 2
+    assert f"theme 'a': no index.theme in {root / 'Nothing'}" in capsys.readouterr().err

@@ -57,12 +57,13 @@ def test_evaluate_pca_and_atlas_commands(trained, data_dir, tmp_path):
     assert 1 <= space.k <= 4 and space.d == 16 and len(space.labels) == space.k
     assert all("\u2194" in label for label in space.labels)
     assert json.loads(space_path.with_suffix(".json").read_text())["k"] == space.k
+    assert cli.main(["pca", str(data_dir), ext, str(tmp_path / "k99.safetensors"), "--k", "99"]) == 2  # not an IndexError
     assert cli.main(["atlas", str(data_dir), ext, str(space_path), str(tmp_path / "atlas"), "--n", "3"]) == 0
     pngs = sorted(p.name for p in (tmp_path / "atlas").glob("*.png"))
     assert pngs == [f"component_{i + 1:02d}.png" for i in range(space.k)] + ["explained_variance.png"]
 
 
-def test_train_at_128_px_saves_its_rule_and_the_commands_embed_at_it(data_dir, tmp_path):
+def test_train_at_128_px_saves_its_rule_and_the_commands_embed_at_it(data_dir, tmp_path, capsys):
     run = tmp_path / "run128"
     assert cli.main(["train", str(data_dir), str(run), "--steps", "1", "--eval-every", "0", "--size", "128", *TINY]) == 0
     path = run / "extractor.safetensors"
@@ -76,8 +77,9 @@ def test_train_at_128_px_saves_its_rule_and_the_commands_embed_at_it(data_dir, t
     # the run-time extractor (PIL cover-and-crop to 128) gives what training saw (torch bicubic), within 3 %
     at_run_time = ex.embed_each(list(images)).float()
     assert ((embedded - at_run_time).norm(dim=1) / at_run_time.norm(dim=1)).max() < 0.03
-    with pytest.raises(ValueError, match="an icon encoder takes 64 or 128 px"):
-        cli.main(["train", str(data_dir), str(tmp_path / "r96"), "--steps", "1", "--size", "96", *TINY])
+    capsys.readouterr()
+    assert cli.main(["train", str(data_dir), str(tmp_path / "r96"), "--steps", "1", "--size", "96", *TINY]) == 2
+    assert capsys.readouterr().err == "style-components: error: --size 96: an icon encoder takes 64 or 128 px\n"
 
 
 def test_pca_round_trip_through_style_space(tmp_path):

@@ -17,17 +17,18 @@ from unets import SMALL_SD1_DIFFUSERS
 transformers = pytest.importorskip("transformers")
 
 
-def tiny_sd1(folder, dtype=torch.float32):
+def tiny_sd1(folder, dtype=torch.float32, variant=None):
     """unet/ vae/ text_encoder/ tokenizer/ scheduler/ as diffusers' SD1 pipelines lay them out
-    (dtype: the weights' dtype on disk; many shared SD1 folders hold fp16)."""
+    (dtype: the weights' dtype on disk; many shared SD1 folders hold fp16; variant "fp16": as
+    model hub downloads name them, model.fp16.safetensors)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(0)
-    UNet2DConditionModel(**SMALL_SD1_DIFFUSERS).to(dtype).save_pretrained(folder / "unet")
+    UNet2DConditionModel(**SMALL_SD1_DIFFUSERS).to(dtype).save_pretrained(folder / "unet", variant=variant)
     AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
                   up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8, latent_channels=4,
-                  sample_size=32).to(dtype).save_pretrained(folder / "vae")
+                  sample_size=32).to(dtype).save_pretrained(folder / "vae", variant=variant)
     # a character-level CLIP BPE vocabulary (no merges): enough to tokenise any lowercase caption
     letters = "abcdefghijklmnopqrstuvwxyz"
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
@@ -41,9 +42,18 @@ def tiny_sd1(folder, dtype=torch.float32):
                   model_max_length=16, pad_token="<|endoftext|>").save_pretrained(folder / "tokenizer")
     CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=64, num_hidden_layers=1,
                                  num_attention_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
-                                 pad_token_id=1)).to(dtype).save_pretrained(folder / "text_encoder")
+                                 pad_token_id=1)).to(dtype).save_pretrained(folder / "text_encoder", variant=variant)
     DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(
         folder / "scheduler")
+
+
+def style_models(data_dir, run):
+    """A 1-step extractor and its K=3 space in `run` (extractor.safetensors, s.safetensors)."""
+    assert cli.main(["train", str(data_dir), str(run), "--steps", "1", "--eval-every", "0", "--width", "8",
+                     "--dim", "16", "--batch-themes", "2", "--per-theme", "2", "--no-progress", "--cpu"]) == 0
+    assert cli.main(["pca", str(data_dir), str(run / "extractor.safetensors"), str(run / "s.safetensors"),
+                     "--k", "3"]) == 0
+    return run
 
 
 def test_captions_beside_images(tmp_path):
@@ -59,6 +69,14 @@ def test_captions_beside_images(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images"):
         sd1.captioned_images(tmp_path / "empty")
+    # found in review: notebook checkpoints were trained on twice (and became an artist of their own)
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    Image.new("RGB", (30, 30), "red").save(tmp_path / ".ipynb_checkpoints" / "a-checkpoint.png")
+    Image.new("RGB", (30, 30), "red").save(tmp_path / "d.tif")
+    assert [p.name for p in sd1.captioned_images(tmp_path)[0]] == ["a.png", "b.jpg", "c.png", "d.tif"]
+    (tmp_path / "a.txt").write_bytes("caf\xe9".encode("cp1252"))  # a caption saved in a Windows code page
+    with pytest.raises(ValueError, match=r"a\.txt: not UTF-8 text"):
+        sd1.captioned_images(tmp_path)
 
 
 def test_clip_skip_takes_an_earlier_layer_through_the_final_norm(tmp_path):
@@ -93,11 +111,7 @@ def test_train_adapter_on_an_sd1_folder(tmp_path, data_dir):
         (folder / f"{i}.txt").write_text(data.names[i].replace("-", " "))
     paths, _ = sd1.captioned_images(images)
     assert list(sd1.artist_labels(paths)) == [0, 0, 0, 1, 1, 1]
-    run = tmp_path / "enc"
-    assert cli.main(["train", str(data_dir), str(run), "--steps", "1", "--eval-every", "0", "--width", "8",
-                     "--dim", "16", "--batch-themes", "2", "--per-theme", "2", "--no-progress", "--cpu"]) == 0
-    assert cli.main(["pca", str(data_dir), str(run / "extractor.safetensors"), str(run / "s.safetensors"),
-                     "--k", "3"]) == 0
+    run = style_models(data_dir, tmp_path / "enc")
     out = tmp_path / "adapter"
     assert cli.main(["train-adapter", str(images), str(out), "--sd-model", str(model), "--extractor",
                      str(run / "extractor.safetensors"), "--space", str(run / "s.safetensors"), "--resolution", "32",
@@ -141,11 +155,7 @@ def test_train_adapter_on_an_fp16_sd1_folder_in_mixed_precision(tmp_path, data_d
     data = dataset.load(data_dir)
     for i in range(4):
         Image.fromarray(data.images[i]).save(images / f"{i}.png")
-    run = tmp_path / "enc"
-    assert cli.main(["train", str(data_dir), str(run), "--steps", "1", "--eval-every", "0", "--width", "8",
-                     "--dim", "16", "--batch-themes", "2", "--per-theme", "2", "--no-progress", "--cpu"]) == 0
-    assert cli.main(["pca", str(data_dir), str(run / "extractor.safetensors"), str(run / "s.safetensors"),
-                     "--k", "3"]) == 0
+    run = style_models(data_dir, tmp_path / "enc")
     train = ["train-adapter", str(images), None, "--sd-model", str(model), "--extractor",
              str(run / "extractor.safetensors"), "--space", str(run / "s.safetensors"), "--resolution", "32",
              "--steps", "1", "--no-progress", "--cpu"]
@@ -162,3 +172,33 @@ def test_train_adapter_on_an_fp16_sd1_folder_in_mixed_precision(tmp_path, data_d
         assert (settings["batch"], settings["lr"]) == (8, 1e-4)
         adapter = Adapter.load(out / "adapter.safetensors")
         assert adapter.arch == "sd1" and adapter.d_in == 3
+
+
+def test_an_sd1_run_resumes_exactly_from_a_moved_fp16_variant_folder(tmp_path, data_dir, capsys):
+    """Found in review: the VAE's posterior noise came from torch's global generator (a resumed run
+    trained on other latents), a folder of only fp16-variant weights (a common download layout)
+    failed to load, a moved model folder could not resume, and a mistyped --sd-model went to the
+    model hub (30 s of retries)."""
+    model, images = tmp_path / "sd15", tmp_path / "images"
+    tiny_sd1(model, variant="fp16")
+    assert not list(model.glob("unet/diffusion_pytorch_model.safetensors"))
+    images.mkdir()
+    from style_components.train import dataset
+    data = dataset.load(data_dir)
+    for i in range(4):
+        Image.fromarray(data.images[i]).save(images / f"{i}.png")
+    run = style_models(data_dir, tmp_path / "enc")
+    train = lambda out, sd: ["train-adapter", str(images), str(out), "--sd-model", str(sd), "--extractor",  # noqa: E731
+                             str(run / "extractor.safetensors"), "--space", str(run / "s.safetensors"),
+                             "--resolution", "32", "--steps", "3", "--batch", "2", "--lr", "1e-2", "--save-every", "1",
+                             "--no-progress", "--cpu"]
+    assert cli.main(train(tmp_path / "straight", model)) == 0
+    assert cli.main(train(tmp_path / "resumed", model) + ["--max-minutes", "1e-9"]) == 0  # stops after step 1
+    model = model.rename(tmp_path / "moved")
+    torch.manual_seed(123)  # a new process: torch's global generator is elsewhere
+    assert cli.main(train(tmp_path / "resumed", model)) == 0
+    straight, resumed = (Adapter.load(tmp_path / run_ / "adapter.safetensors") for run_ in ("straight", "resumed"))
+    assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))
+    capsys.readouterr()
+    assert cli.main(train(tmp_path / "typo", tmp_path / "sd51")) == 2
+    assert "sd51: not a diffusers model folder (no unet, vae, text_encoder, tokenizer, scheduler)" in capsys.readouterr().err

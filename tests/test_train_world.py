@@ -86,12 +86,14 @@ def test_base_width_is_a_setting_and_the_shipped_adapter_refuses_another_width(w
         inject.apply(wide.unet, narrow, torch.zeros(1, 3))
 
 
-def test_resume_refuses_other_settings(world_path, data_dir, tmp_path):
+def test_resume_refuses_other_settings(world_path, data_dir, tmp_path, capsys):
     run = world_path.parent
     ae = next(p for p in run.parent.iterdir() if (p / "autoencoder.safetensors").exists()) / "autoencoder.safetensors"
-    with pytest.raises(ValueError, match="other settings"):
-        cli.main(["train-base", str(data_dir), str(run), "--autoencoder", str(ae), "--steps", "4",
-                  "--lr", "0.1", "--samples", "0", *LOOP])
+    capsys.readouterr()
+    assert cli.main(["train-base", str(data_dir), str(run), "--autoencoder", str(ae), "--steps", "4",
+                     "--lr", "0.1", "--samples", "0", *LOOP]) == 2
+    err = capsys.readouterr().err  # one line naming what changed
+    assert err.count("\n") == 1 and "other settings (lr " in err and "-> 0.1)" in err and "--restart" in err
 
 
 def test_group_reference_multi_token_training(world_path, style_models, data_dir, tmp_path):
@@ -263,3 +265,49 @@ def test_diffusion_loss_weightings_against_a_direct_computation(prediction):
     assert got[5.0] == pytest.approx(float((min_snr * per_item).mean()), rel=1e-5)
     assert got[0] == pytest.approx(float(per_item.mean()), rel=1e-5)
     assert got[0] != pytest.approx(got[5.0], rel=1e-3)
+
+
+def test_a_run_killed_while_saving_keeps_its_checkpoint_and_resumes_exactly(data_dir, tmp_path, monkeypatch):
+    """Found in review: the checkpoint was written in place, so a kill during a save left a truncated
+    file and lost the run; and the autoencoder's posterior noise came from torch's global generator,
+    so a resumed run drew other noise than an uninterrupted one."""
+    args = lambda run: ["train-autoencoder", str(data_dir), str(run), "--steps", "3", "--save-every", "1", *LOOP]  # noqa: E731
+    assert cli.main(args(tmp_path / "straight")) == 0
+    real_save, saves = torch.save, []
+
+    def killed_on_the_second_save(obj, f, *a, **k):
+        saves.append(f)
+        if len(saves) == 2:
+            with open(f, "wb") as half:  # what a kill mid-write leaves behind
+                half.write(b"PK\x03\x04 half a zip")
+            raise KeyboardInterrupt
+        real_save(obj, f, *a, **k)
+    monkeypatch.setattr(torch, "save", killed_on_the_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(args(tmp_path / "killed"))
+    monkeypatch.setattr(torch, "save", real_save)
+    run = tmp_path / "killed"
+    assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 1
+    torch.manual_seed(123)  # a new process: torch's global generator is elsewhere
+    assert cli.main(args(run)) == 0
+    assert json.loads((run / "history.json").read_text())["step"] == [1, 2, 3]
+    straight = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["model"]
+    resumed = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_resume_knows_the_base_by_its_content(world_path, style_models, data_dir, tmp_path, monkeypatch, capsys):
+    """Found in review: the base was recorded as the --world path typed, so './x' and 'x' (or a
+    resume from another folder) were refused, and the seed and extractor were not checked at all."""
+    extractor, space = style_models
+    run = tmp_path / "adapter"
+    args = ["train-adapter", str(data_dir), str(run), "--extractor", str(extractor), "--space", str(space),
+            "--steps", "2", *LOOP]
+    assert cli.main(args + ["--world", str(world_path), "--max-minutes", "1e-9"]) == 0
+    monkeypatch.chdir(world_path.parent)
+    assert cli.main(args + ["--world", f"./{world_path.name}"]) == 0  # the same file by another path
+    assert json.loads((run / "history.json").read_text())["step"] == [1, 2]
+    capsys.readouterr()
+    assert cli.main(args + ["--world", world_path.name, "--steps", "3", "--seed", "5"]) == 2
+    assert "other settings (seed 0 -> 5)" in capsys.readouterr().err

@@ -29,7 +29,7 @@ from torch import nn
 from .. import files, inject, world as world_lib
 from ..adapter import Adapter
 from ..layers import find_attn2
-from . import dataset, loop
+from . import dataset, loop, sd1
 from .base import Denoiser, dataset_latents, diffusion_loss, weighting, weighting_title
 
 DROP_STYLE, DROP_TEXT, DROP_BOTH = 0.05, 0.05, 0.05
@@ -119,7 +119,7 @@ def icon_world_data(args):
     data = data.subset(~data.heldout)  # held-out name families stay unseen, for `evaluate --adapter`
     latents = dataset_latents(world, data)
 
-    def batch(idx):
+    def batch(idx, rng):
         return latents[idx]
     names, unknown = names_the_base_knows(data.names, world.text)
     if unknown:
@@ -130,13 +130,11 @@ def icon_world_data(args):
 
 def sd1_data(args):
     """An SD1.x diffusers folder and a captioned image folder (sub-folders: artists); latents encoded per batch."""
-    from . import sd1
-
     base = sd1.SD1Denoiser(args.sd_model, args.clip_skip)
     paths, captions = sd1.captioned_images(args.data)
 
-    def batch(idx):
-        return base.encode(torch.stack([sd1.load_pixels(paths[i], args.resolution) for i in idx]))
+    def batch(idx, rng):
+        return base.encode(torch.stack([sd1.load_pixels(paths[i], args.resolution) for i in idx]), rng)
     return base, base.noise_scheduler, paths, np.array(captions, dtype=object), sd1.artist_labels(paths), batch
 
 
@@ -176,18 +174,18 @@ def run(args: argparse.Namespace) -> dict:
             batch_styles = torch.stack([styles[g].mean(0) for g in references(idx, rng)])
         else:
             batch_styles = styles[idx]
-        return diffusion_loss(model, latents_of(idx).to(accelerator.device), rng, noise_scheduler, args.snr_gamma,
+        return diffusion_loss(model, latents_of(idx, rng).to(accelerator.device), rng, noise_scheduler, args.snr_gamma,
                               names=batch_names, styles=batch_styles, rows=rows)
 
-    # (resolved: a run can be resumed from another folder)
-    base_file = args.world or str((Path(args.sd_model) / "unet").resolve())
-    settings = {"batch": args.batch, "lr": args.lr, "tokens": args.tokens, "k": space.k, "base": base_file,
-                "space": files.short_hash(args.space), **weighting(args.snr_gamma)}
+    # the files by content: a run resumes from another folder, and not on other models
+    base_id = files.short_hash(args.world) if args.world else sd1.model_identity(args.sd_model)
+    settings = {"batch": args.batch, "lr": args.lr, "tokens": args.tokens, "k": space.k, "base": base_id,
+                "space": files.short_hash(args.space), "extractor": files.short_hash(args.extractor),
+                "seed": args.seed, **weighting(args.snr_gamma)}
     if args.reference == "group":  # (absent for self: checkpoints from before the option still resume)
         settings["reference"] = f"group of {args.group_size}"
     if args.sd_model:  # what else a resume must not change
-        settings.update(resolution=args.resolution, clip_skip=args.clip_skip,
-                        extractor=files.short_hash(args.extractor))
+        settings.update(resolution=args.resolution, clip_skip=args.clip_skip)
     result = loop.run(accelerator, args.run_dir, model, optimizer, loss_fn, steps=args.steps, settings=settings,
                       title=f"style adapter ({weighting_title(args.snr_gamma)} loss)", save_every=args.save_every,
                       max_minutes=args.max_minutes, progress=not args.no_progress, restart=args.restart)

@@ -45,10 +45,10 @@ def run(args: argparse.Namespace) -> dict:
         x = pixels[torch.from_numpy(rng.choice(len(pixels), args.batch))].to(accelerator.device)
         with torch.set_grad_enabled(not args.decoder_of):
             posterior = ae.encode(x).latent_dist
-        recon = ae.decode(posterior.sample()).sample
+        recon = ae.decode(posterior.mean + posterior.std * loop.gaussian(rng, posterior.mean)).sample
         return (recon - x).abs().mean() + 0.5 * (recon - x).pow(2).mean() + args.kl * posterior.kl().mean()
 
-    settings = {"batch": args.batch, "lr": args.lr, "kl": args.kl, "config": model.autoencoder_config}
+    settings = {"batch": args.batch, "lr": args.lr, "kl": args.kl, "config": model.autoencoder_config, "seed": args.seed}
     if args.decoder_of:  # (absent otherwise: checkpoints from before the option still resume)
         settings["decoder_of"] = files.short_hash(args.decoder_of)
     result = loop.run(accelerator, args.run_dir, ae, optimizer, loss_fn, steps=args.steps, settings=settings,

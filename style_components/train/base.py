@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import world as world_lib
+from .. import files, world as world_lib
 from . import config, dataset, loop
 
 
@@ -42,7 +42,7 @@ def diffusion_loss(model, latents: torch.Tensor, rng: np.random.Generator, noise
     (v for the demo world, epsilon for SD1.x). snr_gamma <= 0: the plain MSE of that prediction,
     every timestep alike (min-SNR gives v's noisiest steps ~SNR of the weight: t 900 ~1/40)."""
     b = latents.shape[0]
-    noise = torch.from_numpy(rng.standard_normal(latents.shape, dtype=np.float32)).to(latents.device)
+    noise = loop.gaussian(rng, latents)
     t = torch.from_numpy(rng.integers(0, noise_scheduler.config.num_train_timesteps, b)).to(latents.device)
     noisy = noise_scheduler.add_noise(latents, noise, t)
     alpha_bar = noise_scheduler.alphas_cumprod.to(latents.device)[t]
@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> dict:
                               names=drop(names[idx], rng, args.caption_dropout))
 
     settings = {"batch": args.batch, "lr": args.lr, "caption_dropout": args.caption_dropout,
-                "unet": world.unet_config, "vocab": vocab, **weighting(args.snr_gamma)}
+                "unet": world.unet_config, "vocab": vocab, "seed": args.seed,
+                "autoencoder": files.short_hash(args.autoencoder), **weighting(args.snr_gamma)}
     result = loop.run(accelerator, args.run_dir, model, optimizer, loss_fn, steps=args.steps, settings=settings,
                       title=f"base model ({weighting_title(args.snr_gamma)} v-loss)", save_every=args.save_every,
                       max_minutes=args.max_minutes, progress=not args.no_progress, restart=args.restart)

@@ -8,6 +8,14 @@ from ..layers import PRESET_NAMES
 from . import config
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: sizes and counts (0 would divide by zero or train on nothing)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a whole number of 1 or more")
+    return value
+
+
 def module_main(module: str, doc: str, add_arguments: Callable[[argparse.ArgumentParser], None],
                 run: Callable[[argparse.Namespace], object], argv: Sequence[str] | None = None) -> int:
     """`python -m style_components.train.<module>`: the same arguments as its CLI subcommand."""
@@ -21,10 +29,10 @@ def module_main(module: str, doc: str, add_arguments: Callable[[argparse.Argumen
 def dataset_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output folder (manifest.jsonl, shards/, dataset.json)")
     p.add_argument("--root", default=config.ICON_ROOT, help=f"icon themes folder (default {config.ICON_ROOT})")
-    p.add_argument("--size", type=int, default=config.IMAGE_SIZE, help="rasterised size in px")
-    p.add_argument("--min-themes", type=int, default=config.MIN_THEMES,
+    p.add_argument("--size", type=positive_int, default=config.IMAGE_SIZE, help="rasterised size in px")
+    p.add_argument("--min-themes", type=positive_int, default=config.MIN_THEMES,
                    help="keep names drawn by at least this many themes")
-    p.add_argument("--workers", type=int, default=2, help="parallel rasterisers")
+    p.add_argument("--workers", type=positive_int, default=2, help="parallel rasterisers")
     p.add_argument("--theme", action="append", metavar="LABEL=FOLDER[,FOLDER...]",
                    help="use these folders (names under --root) instead of the Debian packages of "
                         "config.THEME_PACKAGES; repeat per theme")
@@ -33,15 +41,15 @@ def dataset_arguments(p: argparse.ArgumentParser) -> None:
 def fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="dataset folder (from `style-components dataset`)")
     p.add_argument("run_dir", help="checkpoint, history, loss.png and extractor.safetensors go here")
-    p.add_argument("--batch-themes", type=int, default=19, help="themes per batch")
-    p.add_argument("--per-theme", type=int, default=4, help="images per theme per batch (x2 views)")
+    p.add_argument("--batch-themes", type=positive_int, default=19, help="themes per batch")
+    p.add_argument("--per-theme", type=positive_int, default=4, help="images per theme per batch (x2 views)")
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--temperature", type=float, default=0.1)
-    p.add_argument("--dim", type=int, default=128, help="embedding size")
-    p.add_argument("--width", type=int, default=16, help="channels of the first stage (x2 per stage)")
-    p.add_argument("--depth", type=int, default=2, help="conv layers per stage")
+    p.add_argument("--dim", type=positive_int, default=128, help="embedding size")
+    p.add_argument("--width", type=positive_int, default=16, help="channels of the first stage (x2 per stage)")
+    p.add_argument("--depth", type=positive_int, default=2, help="conv layers per stage")
     p.add_argument("--hidden", type=int, default=0, help="hidden units of an MLP head (0: linear head)")
-    p.add_argument("--size", type=int, default=config.INPUT_SIZE,
+    p.add_argument("--size", type=positive_int, default=config.INPUT_SIZE,
                    help="input side in px, 64 or 128 (build the dataset at that --size too)")
     p.add_argument("--eval-every", type=int, default=250, help="held-out kNN every N steps (0: never)")
     p.add_argument("--name", default="icon-style-encoder", help="extractor display name")
@@ -57,8 +65,8 @@ def evaluate_arguments(p: argparse.ArgumentParser) -> None:
     adapter.add_argument("--adapter", help="adapter .safetensors to evaluate on held-out names")
     adapter.add_argument("--world", help="icon_world.safetensors (the base model)")
     adapter.add_argument("--space", help="style space .safetensors (the adapter's input)")
-    adapter.add_argument("--names", type=int, default=8, help="held-out icon names to generate")
-    adapter.add_argument("--steps", type=int, default=20, help="sampler steps")
+    adapter.add_argument("--names", type=positive_int, default=8, help="held-out icon names to generate")
+    adapter.add_argument("--steps", type=positive_int, default=20, help="sampler steps")
     adapter.add_argument("--strength", type=float, default=1.0, help="style strength of the generated icons")
     adapter.add_argument("--preset", default="all", choices=PRESET_NAMES,
                          help="block preset of the style's per-layer weights (as in generate)")
@@ -68,9 +76,9 @@ def pca_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="dataset folder")
     p.add_argument("extractor", help="extractor .safetensors")
     p.add_argument("out", help="style-space .safetensors to write (a .json with the choice of K beside it)")
-    p.add_argument("--k", type=int, help="number of components (default: by --variance)")
+    p.add_argument("--k", type=positive_int, help="number of components (default: by --variance)")
     p.add_argument("--variance", type=float, default=0.9, help="fraction of variance K must reach")
-    p.add_argument("--max-k", type=int, default=30, help="upper bound on K")
+    p.add_argument("--max-k", type=positive_int, default=30, help="upper bound on K")
     p.add_argument("--name", help="display name")
 
 
@@ -79,8 +87,8 @@ def atlas_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("extractor", help="extractor .safetensors")
     p.add_argument("space", help="style-space .safetensors")
     p.add_argument("out", help="output folder")
-    p.add_argument("--n", type=int, default=8, help="icons at each end of a strip")
-    p.add_argument("--scale", type=int, default=1, help="pixel zoom of the icons")
+    p.add_argument("--n", type=positive_int, default=8, help="icons at each end of a strip")
+    p.add_argument("--scale", type=positive_int, default=1, help="pixel zoom of the icons")
 
 
 
@@ -91,13 +99,13 @@ ADAPTER_DEFAULTS = {"world": {"batch": 128, "lr": 1e-3}, "sd1": {"batch": 8, "lr
 
 def _loop_arguments(p: argparse.ArgumentParser, steps: int, batch: int | None, lr: float | None) -> None:
     """The arguments of train/loop.run, shared by every trainer (batch, lr: None when it has its own)."""
-    p.add_argument("--steps", type=int, default=steps, help="total optimiser steps (the LR schedule's length)")
+    p.add_argument("--steps", type=positive_int, default=steps, help="total optimiser steps (the LR schedule's length)")
     if batch is not None:
-        p.add_argument("--batch", type=int, default=batch, help="images per step")
+        p.add_argument("--batch", type=positive_int, default=batch, help="images per step")
     if lr is not None:
         p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps")
+    p.add_argument("--save-every", type=positive_int, default=200, help="checkpoint every N steps")
     p.add_argument("--max-minutes", type=float, default=0, help="stop (resumably) after this many minutes")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is there")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"),
@@ -126,7 +134,7 @@ def base_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="dataset folder (from `style-components dataset`)")
     p.add_argument("run_dir", help="checkpoint, history, loss.png, icon_world.safetensors, samples.png go here")
     p.add_argument("--autoencoder", required=True, help="autoencoder.safetensors from train-autoencoder")
-    p.add_argument("--width", type=int, help="UNet model_channels, a multiple of 32 (default 32, the CPU "
+    p.add_argument("--width", type=positive_int, help="UNet model_channels, a multiple of 32 (default 32, the CPU "
                                              "world; the shipped world, trained on a GPU, has 64)")
     p.add_argument("--caption-dropout", type=float, default=0.1, help="fraction of names dropped (for CFG)")
     p.add_argument("--samples", type=int, default=12, help="icon names in samples.png (0: no samples)")
@@ -140,20 +148,20 @@ def adapter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="checkpoint, history, loss.png and adapter.safetensors go here")
     p.add_argument("--world", help="icon_world.safetensors from train-base (kept frozen)")
     p.add_argument("--sd-model", help="an SD1.x model as a diffusers folder (kept frozen), instead of --world")
-    p.add_argument("--resolution", type=int, default=512, help="with --sd-model: training image size")
-    p.add_argument("--clip-skip", type=int, default=1, help="with --sd-model: CLIP layer of the text condition "
+    p.add_argument("--resolution", type=positive_int, default=512, help="with --sd-model: training image size")
+    p.add_argument("--clip-skip", type=positive_int, default=1, help="with --sd-model: CLIP layer of the text condition "
                                                             "counted from the last, as A1111's setting (2 for NAI-style models)")
     p.add_argument("--extractor", required=True, help="style extractor .safetensors")
     p.add_argument("--space", required=True, help="style space .safetensors (its K is the adapter's input size)")
-    p.add_argument("--tokens", type=int, default=1, help="style tokens (1: the fast per-layer bias)")
+    p.add_argument("--tokens", type=positive_int, default=1, help="style tokens (1: the fast per-layer bias)")
     p.add_argument("--reference", choices=("self", "group"), default="self",
                    help="style input of a training image: its own components (self), or the mean of "
                         "--group-size other images of its artist: icon theme or sub-folder (group)")
-    p.add_argument("--group-size", type=int, default=4, help="images averaged per --reference group style")
+    p.add_argument("--group-size", type=positive_int, default=4, help="images averaged per --reference group style")
     p.add_argument("--name", default="icon-style-adapter", help="adapter display name")
     _weighting_argument(p)
     _loop_arguments(p, steps=1200, batch=None, lr=None)
     world, sd1 = ADAPTER_DEFAULTS["world"], ADAPTER_DEFAULTS["sd1"]
-    p.add_argument("--batch", type=int, help=f"images per step (default {world['batch']}; --sd-model: {sd1['batch']})")
+    p.add_argument("--batch", type=positive_int, help=f"images per step (default {world['batch']}; --sd-model: {sd1['batch']})")
     p.add_argument("--lr", type=float, help=f"learning rate (default {world['lr']:g}; --sd-model: {sd1['lr']:g}, "
                                             "IP-Adapter's recipe)")

@@ -40,6 +40,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from ..errors import StyleComponentsError, UsageError
 from . import config
 
 EXTENSIONS = (".svg", ".png")
@@ -88,7 +89,7 @@ def package_folders(package: str, root: Path) -> list[Path]:
     """Theme folders (with an index.theme) that a Debian package installs under `root`."""
     out = subprocess.run(["dpkg-query", "-L", package], capture_output=True, text=True)
     if out.returncode != 0:
-        raise RuntimeError(f"package {package} is not installed (run tools/install_icon_themes.sh)")
+        raise UsageError(f"package {package} is not installed (run tools/install_icon_themes.sh)")
     folders = []
     for line in out.stdout.splitlines():
         p = Path(line)
@@ -140,7 +141,7 @@ def choose_main(folders: Sequence[Path]) -> Path:
     """
     indexes = [i for i in (read_index(f) for f in folders) if i is not None]
     if not indexes:
-        raise ValueError(f"no icon theme among {[str(f) for f in folders]}")
+        raise UsageError(f"no index.theme in {', '.join(map(str, folders))}" if folders else "no theme folders")
     names = {i.folder.name: i for i in indexes}
     inherited = Counter(p for i in indexes for p in i.inherits if p in names and p != i.folder.name)
     if inherited:
@@ -171,7 +172,7 @@ def rasterise(path: Path, size: int, background=config.BACKGROUND) -> np.ndarray
     if path.suffix.lower() == ".svg":
         exe = shutil.which("rsvg-convert")
         if exe is None:
-            raise RuntimeError("rsvg-convert not found: install librsvg2-bin (tools/install_icon_themes.sh)")
+            raise StyleComponentsError("rsvg-convert not found: install librsvg2-bin (tools/install_icon_themes.sh)")
         out = subprocess.run([exe, "-w", str(size), "-h", str(size), "--keep-aspect-ratio", str(path)],
                              capture_output=True, timeout=60)
         if out.returncode != 0:
@@ -206,7 +207,12 @@ def build(out_dir, themes: Mapping[str, Sequence[Path]], size: int = config.IMAG
     Returns the stats written to dataset.json.
     """
     out_dir = Path(out_dir)
-    mains = {label: choose_main(folders) for label, folders in themes.items()}
+    mains = {}
+    for label, folders in themes.items():
+        try:
+            mains[label] = choose_main(folders)
+        except UsageError as e:
+            raise UsageError(f"theme {label!r}: {e}") from None
     per_theme: dict[str, dict[str, Source]] = {}
     for label, folder in mains.items():
         by_name = defaultdict(list)
@@ -267,6 +273,9 @@ def build(out_dir, themes: Mapping[str, Sequence[Path]], size: int = config.IMAG
         seen.add(key)
         kept.append(r)
     rows = sorted(kept, key=lambda r: (r["theme"], r["name"]))
+    if not rows:  # before anything in OUT is replaced: a mistyped --theme must not wipe a dataset
+        raise UsageError(f"no icon name is drawn by {min_themes} or more of the {len(mains)} themes "
+                         f"(--min-themes); nothing written to {out_dir}")
 
     shard_dir = out_dir / "shards"
     if shard_dir.exists():
@@ -328,7 +337,7 @@ def load(data_dir) -> IconData:
     data_dir = Path(data_dir)
     rows = [json.loads(line) for line in (data_dir / "manifest.jsonl").read_text().splitlines() if line]
     if not rows:
-        raise ValueError(f"{data_dir}: empty manifest")
+        raise UsageError(f"{data_dir}: empty manifest")
     shards = {s: np.load(data_dir / s) for s in sorted({r["shard"] for r in rows})}
     images = np.stack([shards[r["shard"]][r["index"]] for r in rows])
     themes = sorted({r["theme"] for r in rows})
@@ -345,6 +354,8 @@ def run(args: argparse.Namespace) -> dict:
         themes = {}
         for spec in args.theme:
             label, _, folders = spec.partition("=")
+            if not label or not folders:
+                raise UsageError(f"--theme {spec}: give LABEL=FOLDER[,FOLDER...], folders under {root}")
             themes[label] = [root / f for f in folders.split(",") if f]
     else:
         themes = {pkg: package_folders(pkg, root) for pkg in config.THEME_PACKAGES}

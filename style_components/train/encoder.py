@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import extract, stylenet
+from ..errors import UsageError
 from . import config
 
 ARCHITECTURE = stylenet.ARCHITECTURE
@@ -50,7 +51,7 @@ def load(path) -> tuple[torch.nn.Module, int]:
 
     extractor = Extractor.load(path)
     if extractor.preprocess not in ICON_RULES:
-        raise ValueError(f"{path}: preprocessing {extractor.preprocess!r} is not an icon encoder's "
+        raise UsageError(f"{path}: preprocessing {extractor.preprocess!r} is not an icon encoder's "
                          f"({', '.join(ICON_RULES)})")
     return extractor.model.float(), ICON_RULES[extractor.preprocess]
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UsageError
 from . import config, dataset, encoder, loop
 from .supcon import supcon_loss
 
@@ -52,13 +53,13 @@ def train(args: argparse.Namespace) -> dict:
     from ..extract import ICON_SIDES
 
     if args.size not in ICON_SIDES:
-        raise ValueError(f"--size {args.size}: an icon encoder takes {' or '.join(map(str, ICON_SIDES))} px")
+        raise UsageError(f"--size {args.size}: an icon encoder takes {' or '.join(map(str, ICON_SIDES))} px")
     accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision)
     set_seed(args.seed)
     data = dataset.load(args.data)
     train_part, held = data.subset(~data.heldout), data.subset(data.heldout)
     if len(train_part.labels) == 0:
-        raise ValueError("no training images (every name family is held out)")
+        raise UsageError("no training images (every name family is held out)")
     by_theme = [np.flatnonzero(train_part.labels == t) for t in np.unique(train_part.labels)]
     labels = torch.from_numpy(train_part.labels)
 

@@ -18,6 +18,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .. import files
+from ..errors import UsageError
+
 
 def cosine_with_warmup(optimizer, steps: int, warmup_fraction: float = 0.05):
     warmup = max(1, int(warmup_fraction * steps))
@@ -73,17 +76,23 @@ def run(accelerator, run_dir, model: torch.nn.Module, optimizer, loss_fn: Callab
     step, history = 0, {"step": [], "loss": [], "seconds": 0.0}
     frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
     if ckpt.exists() and not restart:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if state["settings"] != json.loads(json.dumps(settings)):
-            raise ValueError(f"{ckpt} was made with other settings ({state['settings']}); use --restart to start over")
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        except Exception as e:  # written before saves were atomic, or another file
+            raise UsageError(f"{ckpt} cannot be read ({type(e).__name__}); use --restart to start over") from None
+        changed = _changed(state["settings"], json.loads(json.dumps(settings)))
+        if changed:
+            raise UsageError(f"{ckpt} was made with other settings ({changed}); give the same ones, "
+                             "or --restart to start over")
         missing, unexpected = model.load_state_dict(state["model"], strict=False)
         if unexpected or set(missing) - frozen:
-            raise ValueError(f"{ckpt} does not fit this model (missing {sorted(set(missing) - frozen)[:5]}, "
+            raise UsageError(f"{ckpt} does not fit this model (missing {sorted(set(missing) - frozen)[:5]}, "
                              f"unexpected {unexpected[:5]}); use --restart to start over")
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         step = int(state["step"])
-        history = json.loads((run_dir / "history.json").read_text())
+        # the history saved with the weights (history.json, older runs' only copy, may be a save behind)
+        history = state.get("history") or json.loads((run_dir / "history.json").read_text())
         accelerator.print(f"resumed from {ckpt} at step {step}")
     # The schedule stays outside `prepare`: accelerate would step it once per process per step,
     # and a run on N GPUs would reach the end of its cosine after 1/N of its steps.
@@ -94,10 +103,13 @@ def run(accelerator, run_dir, model: torch.nn.Module, optimizer, loss_fn: Callab
         if accelerator.is_main_process:
             # the frozen parts (a whole SD1 model under a small adapter) come from the command line
             trained = {k: v for k, v in unwrapped.state_dict().items() if k not in frozen}
-            torch.save({"model": trained, "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(), "step": step,
-                        "settings": json.loads(json.dumps(settings))}, ckpt)
-            (run_dir / "history.json").write_text(json.dumps(history))
+            # replaced whole or not at all: a run killed while saving keeps its previous checkpoint
+            with files.replaced(ckpt) as tmp:
+                torch.save({"model": trained, "optimizer": optimizer.state_dict(),
+                            "schedule": schedule.state_dict(), "step": step, "history": history,
+                            "settings": json.loads(json.dumps(settings))}, tmp)
+            with files.replaced(run_dir / "history.json") as tmp:
+                tmp.write_text(json.dumps(history))
 
     t0, before = time.time(), history["seconds"]
     bar = tqdm(total=steps, initial=step, desc=title, dynamic_ncols=True,
@@ -136,6 +148,12 @@ def run(accelerator, run_dir, model: torch.nn.Module, optimizer, loss_fn: Callab
             "run_dir": str(run_dir)}
 
 
+def _changed(old: dict, new: dict) -> str:
+    """The settings a resume would change, as 'key old -> new; ...' (empty when none)."""
+    keys = sorted(set(old) | set(new))
+    return "; ".join(f"{k} {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}" for k in keys if old.get(k) != new.get(k))
+
+
 def _agreed(accelerator, flag: bool) -> bool:
     """The main process's flag on every process: each process reading its own clock could stop
     one a step before the others, which would then wait for it forever in their next all-reduce."""
@@ -148,3 +166,9 @@ def _agreed(accelerator, flag: bool) -> bool:
 def batch_rng(seed: int, step: int, process: int = 0) -> np.random.Generator:
     """The batch generator of one step: resumes draw the same batches they would have."""
     return np.random.default_rng([seed, step, process])
+
+
+def gaussian(rng: np.random.Generator, like: torch.Tensor) -> torch.Tensor:
+    """N(0, 1) noise shaped like `like`, from the step's generator (torch's global one, seeded once
+    at the start, would draw other noise after a resume)."""
+    return torch.from_numpy(rng.standard_normal(tuple(like.shape), dtype=np.float32)).to(like.device, like.dtype)

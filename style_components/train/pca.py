@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UsageError
 from ..space import StyleSpace
 from . import dataset
 
@@ -67,6 +68,9 @@ def fit(embeddings: np.ndarray, k: int | None = None, variance: float = 0.9, max
     from sklearn.decomposition import PCA
 
     pca = PCA(n_components=min(embeddings.shape), svd_solver="full", whiten=False).fit(embeddings)
+    if k is not None and k > pca.n_components_:
+        raise UsageError(f"K={k}: {len(embeddings)} embeddings of {embeddings.shape[1]} dims have at most "
+                         f"{pca.n_components_} components")
     k = k or choose_k(pca.explained_variance_ratio_, variance, max_k)
     return pca, k
 

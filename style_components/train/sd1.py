@@ -11,25 +11,51 @@ GPU; the same loss, hooks and adapter file as the demo world's trainer.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+from .. import files
+from ..errors import UsageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+PARTS = ("unet", "vae", "text_encoder")  # the frozen models a run depends on
 
 
 def captioned_images(folder) -> tuple[list[Path], list[str]]:
-    """Image paths (sorted) and their captions."""
-    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    """Image paths (sorted) and their captions; hidden files and folders (.ipynb_checkpoints, ...) are skipped."""
+    folder = Path(folder)
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
     if not paths:
-        raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise UsageError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
     captions = []
     for p in paths:
         txt = p.with_suffix(".txt")
-        captions.append(txt.read_text(encoding="utf-8-sig").strip() if txt.is_file() else "")  # -sig: Windows BOM
+        try:
+            captions.append(txt.read_text(encoding="utf-8-sig").strip() if txt.is_file() else "")  # -sig: Windows BOM
+        except UnicodeDecodeError as e:
+            raise UsageError(f"{txt}: not UTF-8 text ({e.reason} at byte {e.start}); save the caption as UTF-8") from None
+    print(f"{folder}: {len(paths)} images, {sum(map(bool, captions))} with a caption, "
+          f"{len({p.parent for p in paths})} artist folders")
     return paths, captions
+
+
+def model_identity(folder) -> str:
+    """A hash of the frozen models' files: a resume must find the same models, wherever the folder is."""
+    hashes = [files.short_hash(p) for part in PARTS for p in sorted((Path(folder) / part).iterdir()) if p.is_file()]
+    return hashlib.sha256(" ".join(hashes).encode()).hexdigest()[:8]
+
+
+def _variant(folder: Path) -> str | None:
+    """"fp16" for a model folder holding only fp16-variant weights (model.fp16.safetensors, a
+    common download layout), which diffusers and transformers load only when asked for it."""
+    names = [p.name for p in folder.iterdir()]
+    plain = any(n.endswith((".safetensors", ".bin")) and ".fp16." not in n for n in names)
+    return "fp16" if not plain and any(".fp16." in n for n in names) else None
 
 
 def artist_labels(paths) -> np.ndarray:
@@ -51,29 +77,36 @@ class SD1Denoiser(nn.Module):
     def __init__(self, folder, clip_skip: int = 1):
         super().__init__()
         if clip_skip < 1:
-            raise ValueError(f"--clip-skip {clip_skip}: 1 is the last CLIP layer, 2 the one before (NAI-style anime models)")
+            raise UsageError(f"--clip-skip {clip_skip}: 1 is the last CLIP layer, 2 the one before (NAI-style anime models)")
         self.clip_skip = clip_skip
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
         folder = Path(folder)
+        missing = [part for part in (*PARTS, "tokenizer", "scheduler") if not (folder / part).is_dir()]
+        if missing:  # (checked here: diffusers would take a mistyped path for a model hub name)
+            raise UsageError(f"{folder}: not a diffusers model folder (no {', '.join(missing)})")
+        load = lambda cls, part: cls.from_pretrained(folder / part, variant=_variant(folder / part))  # noqa: E731
         # float32 whatever the folder holds (many are saved in fp16, and transformers 5 loads them
         # so by default): the trainer casts the frozen parts itself when asked for mixed precision
-        self.unet = UNet2DConditionModel.from_pretrained(folder / "unet").float()
-        self.vae = AutoencoderKL.from_pretrained(folder / "vae").float().requires_grad_(False).eval()
-        self.text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder").float().requires_grad_(False).eval()
+        self.unet = load(UNet2DConditionModel, "unet").float()
+        self.vae = load(AutoencoderKL, "vae").float().requires_grad_(False).eval()
+        self.text_encoder = load(CLIPTextModel, "text_encoder").float().requires_grad_(False).eval()
         self.tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
         layers = self.text_encoder.config.num_hidden_layers
         if clip_skip > layers + 1:  # layers + 1: the token embeddings themselves
-            raise ValueError(f"--clip-skip {clip_skip}: this text encoder has {layers} layers")
+            raise UsageError(f"--clip-skip {clip_skip}: this text encoder has {layers} layers")
         self.noise_scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
         self.unet.requires_grad_(False)
 
     @torch.no_grad()
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[B, 3, R, R] pixels in [-1, 1] (moved to the VAE's device and dtype) -> float32 latents."""
-        pixels = pixels.to(self.vae.device, self.vae.dtype)
-        return (self.vae.encode(pixels).latent_dist.sample() * self.vae.config.scaling_factor).float()
+    def encode(self, pixels: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """[B, 3, R, R] pixels in [-1, 1] (moved to the VAE's device and dtype) -> float32 latents,
+        a sample of the VAE's posterior with noise from `rng` (the step's: resumes draw the same)."""
+        from .loop import gaussian
+        posterior = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist
+        latents = posterior.mean + posterior.std * gaussian(rng, posterior.mean)
+        return (latents * self.vae.config.scaling_factor).float()
 
     @torch.no_grad()
     def text_condition(self, names) -> torch.Tensor:
