@@ -17,7 +17,7 @@ if EXT_DIR not in sys.path:
 from modules import script_callbacks, scripts, shared  # noqa: E402
 
 from style_components import models, script_args as sargs, webui  # noqa: E402
-from style_components.params import BLOCK_PRESETS, random_components  # noqa: E402
+from style_components.params import BLOCK_PRESETS, format_number, random_components  # noqa: E402
 
 TITLE = "Style Components"
 SECTION = ("style_components", TITLE)
@@ -197,7 +197,7 @@ class StyleComponentsScript(scripts.Script):
             k, _ = k_of(name)
             if is_random and seed_value is not None and seed_value >= 0:
                 values = random_components(int(seed_value), k)
-            return " ".join(f"{v:g}" for v in list(values)[:k])
+            return " ".join(format_number(v) for v in list(values)[:k])  # exact: Import gives the same values
 
         @user_errors
         def on_extract(name, files, weights, note, progress=gr.Progress()):
@@ -309,21 +309,21 @@ def on_ui_tabs():
                                  source=f"{len(images)} images" + (f" from {folder}" if folder else ""),
                                  overwrite=overwrite)
             return f"Saved preset **{saved.name}** ({len(comps)} components).", gr.update(choices=preset_names())
-        except webui.StyleComponentsError as e:
+        except (webui.StyleComponentsError, OSError) as e:  # OSError: the folder (permissions, a full disk)
             return f"Error: {e}", gr.update()
 
     def rename(old, new):
         try:
             presets.rename(presets_folder(), old, new)
             return f"Renamed {old!r} to {new!r}.", gr.update(choices=preset_names(), value=new)
-        except webui.StyleComponentsError as e:
+        except (webui.StyleComponentsError, OSError) as e:
             return f"Error: {e}", gr.update()
 
     def delete(name):
         try:
             presets.delete(presets_folder(), name)
             return f"Deleted {name!r}.", gr.update(choices=preset_names(), value=None)
-        except webui.StyleComponentsError as e:
+        except (webui.StyleComponentsError, OSError) as e:
             return f"Error: {e}", gr.update()
 
     def convert(kind, src, name, preprocess):
@@ -388,17 +388,17 @@ def infotext_fields():
     return [(name, field(name)) for name in sargs.ALL_NAMES]
 
 
-@functools.lru_cache(maxsize=1)  # every control's reader reads the same text: parse and report once
 def _controls(text):
-    values, problems = sargs.controls_from_infotext(text, find_model)
+    registry.names()  # scanned before its scan count keys the cache
+    return _controls_on(text, registry.scans)
+
+
+@functools.lru_cache(maxsize=1)  # every control's reader reads the same text: parse and report once
+def _controls_on(text, _scans):   # ... per scan of the model folders: a 🔄 may have brought the model
+    values, problems = sargs.controls_from_infotext(text, registry.find)
     for problem in problems:
         print(f"Style Components: infotext: {problem}")
     return values
-
-
-def find_model(name, model_hash):
-    info = registry.find(name, model_hash)
-    return info.name if info is not None else None
 
 
 INFOTEXT_READERS = infotext_fields()

@@ -174,6 +174,7 @@ class Registry:
         self.loaded: LoadedModel | None = None
         self._lock = threading.Lock()
         self._scanned = False
+        self.scans = 0  # how many times the folders were scanned (a key for what depends on them)
 
     def set_folders(self, folders: Iterable) -> None:
         self.folders = [Path(f) for f in folders]
@@ -182,6 +183,7 @@ class Registry:
     def refresh(self) -> list[str]:
         self.models = scan(self.folders)
         self._scanned = True
+        self.scans += 1
         if self.loaded is not None and self.models.get(self.loaded.info.name) != self.loaded.info:
             self.unload()
         return self.names()
@@ -192,15 +194,16 @@ class Registry:
         return sorted(self.models, key=str.lower)
 
     def find(self, name: str = "", model_hash: str = "") -> ModelInfo | None:
-        """By name, else by adapter hash (as written in infotexts); None when absent."""
+        """The model an infotext names: the one whose adapter has `model_hash` (the named one
+        first: a file renamed or replaced under its name is told apart), else the one named."""
         self.names()
-        if name in self.models:
-            return self.models[name]
+        named = self.models.get(name)
         if model_hash:
-            for info in self.models.values():
-                if info.hash.lower() == model_hash.lower():
-                    return info
-        return None
+            candidates = ([named] if named is not None else []) + list(self.models.values())
+            same = next((info for info in candidates if info.hash.lower() == model_hash.lower()), None)
+            if same is not None:
+                return same
+        return named
 
     def load(self, name: str) -> LoadedModel:
         from .errors import StyleComponentsError

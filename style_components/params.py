@@ -24,7 +24,9 @@ from .layers import PRESET_NAMES
 
 BLOCK_PRESETS = (*PRESET_NAMES, "custom")  # "custom": per-layer weights given in `block_weights`
 SEED_PER_IMAGE = -1
-MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes seeds up to here
+# The largest whole number a float keeps exactly: A1111's paste turns a number into a float, and a
+# browser holds numbers as floats (torch.Generator would take seeds up to 2**64 - 1).
+MAX_SEED = 2**53 - 1
 
 # One way only to match any given number, so that failing matches stay linear in time.
 _NUMBER = r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
@@ -252,9 +254,14 @@ def _show(s: str, limit: int = 60) -> str:
     return repr(s if len(s) <= limit else s[:limit - 3] + "...")
 
 
+def is_number_text(s: str) -> bool:
+    """Whether s is a number as the infotext writes one (no 'nan', '1_0' or non-ASCII digits)."""
+    return bool(_NUMBER_RE.fullmatch(s.strip()))
+
+
 def _number(s: str) -> float:
     s = s.strip()
-    if not _NUMBER_RE.fullmatch(s):
+    if not is_number_text(s):
         # float() would also take 'nan', 'inf', '1_0' and non-ASCII digits
         lowered = s.lower().lstrip("+-")
         if lowered in ("nan", "inf", "infinity"):

@@ -31,11 +31,19 @@ class Preset:
     path: Path | None = None
 
 
+_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"{dev}{i}" for dev in ("COM", "LPT") for i in range(1, 10))}  # Windows
+
+
 def check_name(name: str) -> str:
+    """A preset's name, which is its file's name: one that every file system takes."""
     name = (name or "").strip()
     if not _NAME.match(name) or name.endswith("."):
         raise StyleComponentsError(f"preset name {name!r}: use letters, digits, spaces and . , ( ) + - _ "
                                    "(at most 100 characters, not starting with a symbol)")
+    if len((name + SUFFIX).encode()) > 200:  # file names are limited in bytes (255), and saving adds a temporary suffix
+        raise StyleComponentsError(f"preset name {name[:20]!r}...: too long for a file name")
+    if name.split(".")[0].strip().upper() in _RESERVED:
+        raise StyleComponentsError(f"preset name {name!r}: a device name on Windows")
     return name
 
 
@@ -83,7 +91,8 @@ def load(path) -> Preset:
     tensors, meta = files.read(path, FORMAT)
     comps = files.require(path, tensors, "components", (None,))
     files.reject_extra(path, tensors, {"components"})
-    name = meta.get("name") or Path(path).name[: -len(SUFFIX)]
+    # the file's name, not the metadata's: a file renamed or copied by hand is listed (and deleted) as itself
+    name = Path(path).name[: -len(SUFFIX)]
     return Preset(name, tuple(float(v) for v in comps.tolist()), meta.get("model", ""), meta.get("source", ""),
                   Path(path))
 

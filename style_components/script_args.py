@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 from .models import MAX_SLIDERS
-from .params import BLOCK_PRESETS, SEED_PER_IMAGE, StyleParams, format_number
+from .params import BLOCK_PRESETS, SEED_PER_IMAGE, StyleParams, format_number, is_number_text
 from .session import ArgumentError
 
 MAX_COMPONENTS = MAX_SLIDERS
@@ -76,6 +76,9 @@ def parse(args: Sequence, check: bool = False) -> ScriptArgs:
     The settings' ranges are checked when they switch the extension on, or with check."""
     args = list(args)
     if args and isinstance(args[0], Mapping):
+        # (A1111 fills the positions after it with the UI's defaults, never with a dict)
+        if any(isinstance(a, Mapping) for a in args[1:]):
+            raise ArgumentError("Style Components takes one dict of arguments; more were given")
         values = _from_dict(args[0])
     else:
         if len(args) > N_ARGS:
@@ -122,8 +125,11 @@ def _from_dict(d: Mapping) -> dict:
         if len(comps) > MAX_COMPONENTS:
             raise ArgumentError(f"components: at most {MAX_COMPONENTS} values, {len(comps)} given")
         for i, c in enumerate(comps):
-            if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c):
-                raise ArgumentError(f"components: value {i + 1} is {c!r}, not a finite number")
+            if isinstance(c, str) or _finite(c) is None:
+                raise ArgumentError(f"components: value {i + 1} is {_show(c)}, not a finite number")
+        given = [c for c in COMPONENT_NAMES if c in d]
+        if given:
+            raise ArgumentError(f"components and {given[0]} both given: use one or the other")
         values.update(zip(COMPONENT_NAMES, comps))
     values.update({k: val for k, val in d.items() if k != "components"})
     if "seed" in d and "random" not in d:
@@ -149,12 +155,14 @@ def _check(name: str, value, kind: str | None = None):
             return value
         raise ArgumentError(f"{name}: expected a string, got {value!r}")
     if kind == "number":
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-        raise ArgumentError(f"{name}: expected a finite number, got {value!r}")
+        x = _finite(value) if not isinstance(value, str) else None
+        if x is None:
+            raise ArgumentError(f"{name}: expected a finite number, got {_show(value)}")
+        return x
     if kind == "int":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
-            raise ArgumentError(f"{name}: expected a whole number, got {value!r}")
+        x = _finite(value) if not isinstance(value, str) else None
+        if x is None or not x.is_integer():
+            raise ArgumentError(f"{name}: expected a whole number, got {_show(value)}")
         return int(value)
     if kind == "numbers":
         if value is None or value == "":
@@ -167,12 +175,9 @@ def _check(name: str, value, kind: str | None = None):
             raise ArgumentError(f"{name}: expected numbers (a list or 'a b c'), got {value!r}")
         out = []
         for w in words:
-            try:
-                x = float(w) if not isinstance(w, bool) else math.nan
-            except (TypeError, ValueError):
-                x = math.nan
-            if not math.isfinite(x):
-                raise ArgumentError(f"{name}: {w!r} is not a finite number")
+            x = _finite(w)
+            if x is None:
+                raise ArgumentError(f"{name}: {_show(w)} is not a finite number")
             out.append(x)
         return tuple(out)
     if kind == "images":
@@ -182,6 +187,25 @@ def _check(name: str, value, kind: str | None = None):
             value = [value]
         return tuple(value)
     raise AssertionError(kind)
+
+
+def _finite(value) -> float | None:
+    """A finite float from a number (not a bool) or number text as the infotext writes it; else None."""
+    if isinstance(value, str):
+        return _finite(float(value)) if is_number_text(value) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        x = float(value)
+    except OverflowError:  # an int of hundreds of digits
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _show(value) -> str:
+    """A value for a message, cut short (an API caller may send megabytes)."""
+    text = repr(value) if not (type(value) is int and value.bit_length() > 64) else f"an int of {len(str(value))} digits"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def to_positional(params: StyleParams, enabled: bool = True) -> list:
@@ -199,14 +223,18 @@ def to_positional(params: StyleParams, enabled: bool = True) -> list:
 
 def controls_from_infotext(text: str | None, find_model=None) -> tuple[dict, list[str]]:
     """Control values (by argument name) from the infotext entry; ({}, []) when absent.
-    find_model(name, hash) -> local name or None: a renamed model file is found by its hash."""
+    find_model(name, hash) -> the local model (.name, .hash) or None: a renamed model file is
+    found by its hash, and a model of that name but another hash is pointed out."""
     if not text:
         return {"enabled": False}, []
     params, problems = StyleParams.parse(text)
     local = find_model(params.model, params.model_hash) if find_model is not None and params.model else None
-    if local and local != params.model:
-        problems.append(f"model {params.model!r} is here as {local!r} (same file hash {params.model_hash})")
-        params = replace(params, model=local)
+    if local is not None and local.name != params.model:
+        problems.append(f"model {params.model!r} is here as {local.name!r} (same file hash {params.model_hash})")
+        params = replace(params, model=local.name)
+    elif local is not None and params.model_hash and local.hash.lower() != params.model_hash.lower():
+        problems.append(f"model {params.model!r} here is another file (hash {local.hash}) than the image's "
+                        f"({params.model_hash}): the image may not be reproduced")
     if len(params.components) > MAX_COMPONENTS:  # a paste never raises into the host
         problems.append(f"{len(params.components)} components, the UI has {MAX_COMPONENTS} sliders: "
                         f"the last {len(params.components) - MAX_COMPONENTS} are not restored")

@@ -3,6 +3,7 @@ the session lifecycle and the sampler wrapper (no UNet forwards: fast)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -243,6 +244,32 @@ def test_positional_round_trip_through_params():
     assert sargs.parse(sargs.to_positional(params)).params == params
     controls, problems = sargs.controls_from_infotext(params.to_infotext())
     assert problems == [] and [controls[n] for n in sargs.ALL_NAMES] == sargs.to_positional(params)
+
+
+@pytest.mark.parametrize("args, message", [
+    # an int too large for a float was an OverflowError, not an argument error
+    ([{"strength": 10 ** 400}], "strength: expected a finite number, got an int of 401 digits"),
+    ([{"seed": 10 ** 400, "random": True}], "seed: expected a whole number, got an int of 401 digits"),
+    ([{"components": [10 ** 400]}], "components: value 1 is an int of 401 digits"),
+    ([{"ref_weights": [1, 10 ** 400]}], "ref_weights: an int of 401 digits is not a finite number"),
+    # text numbers as strictly as the infotext reads them: '1_0' is not 10, nor a non-ASCII digit 1
+    ([{"ref_weights": "1_0"}], "ref_weights: '1_0' is not a finite number"),
+    ([{"block_weights": "\u0661", "blocks": "custom"}], "block_weights: '\u0661' is not a finite number"),
+    # ControlNet's habit of one dict per unit: the second was silently ignored
+    ([{"strength": 0.5}, {"strength": 0.7}], "takes one dict of arguments"),
+    ([{"components": [1.0], "c1": 2.0}], "components and c1 both given"),
+    # a seed a browser and A1111's paste (float) cannot hold exactly
+    ([{"random": True, "seed": 2 ** 53}], "nor a seed from 0 to 9007199254740991"),
+])
+def test_api_arguments_found_wrong_in_review_are_refused_clearly(args, message):
+    with pytest.raises(ArgumentError, match=re.escape(message)):
+        sargs.parse(args)
+
+
+def test_a_dict_followed_by_the_uis_defaults_is_read():
+    """A1111 fills the script's other positions with its UI defaults after an API dict."""
+    parsed = sargs.parse([{"strength": 0.7}, *sargs.defaults()[1:]])
+    assert parsed.enabled and parsed.params.strength == 0.7
 
 
 def test_block_weights_are_ignored_unless_custom():

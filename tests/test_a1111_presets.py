@@ -51,7 +51,21 @@ def test_build_save_list_rename_delete(tmp_path):
         presets.delete(folder, "other")
 
 
-@pytest.mark.parametrize("bad", ["", "../escape", "a/b", ".hidden", "x" * 101, "name."])
+def test_a_preset_is_its_file(tmp_path):
+    """Found in review: presets were named by their metadata, so a file kept under another name by
+    hand listed twice under the old name, and Delete removed the wrong one."""
+    saved = presets.save(tmp_path, "anime", [1.0, 1.0])
+    saved.path.rename(tmp_path / "anime old.style.safetensors")
+    presets.save(tmp_path, "anime", [2.0, 2.0])
+    assert sorted((p.name, p.components) for p in presets.list_presets(tmp_path)) == [("anime", (2.0, 2.0)),
+                                                                                     ("anime old", (1.0, 1.0))]
+    presets.delete(tmp_path, "anime")
+    assert [p.name for p in presets.list_presets(tmp_path)] == ["anime old"]
+
+
+@pytest.mark.parametrize("bad", ["", "../escape", "a/b", ".hidden", "x" * 101, "name.",
+                                 "\u98a8" * 80,  # 80 characters, 240 bytes: past what file names take
+                                 "CON", "nul.x", "Com1"])
 def test_unsafe_names_are_refused(tmp_path, bad):
     with pytest.raises(StyleComponentsError, match="preset name"):
         presets.save(tmp_path, bad, [0.0])

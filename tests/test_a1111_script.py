@@ -194,6 +194,36 @@ def test_a_renamed_model_file_is_found_by_the_hash_in_the_infotext(env, capsys):
     assert dict(zip(sargs.ALL_NAMES, paste(env, gone)))["model"] == "other"  # kept: the error will name it
 
 
+def test_a_pasted_infotext_takes_the_file_it_was_made_with(env, capsys):
+    """Found in review: the name won over the recorded hash, so a model updated under its name
+    (the old file kept as another name) silently gave another image; and the paste cache kept a
+    lookup made before a refresh brought the model."""
+    registry = env["module"].registry
+    folder = registry.find("demo").adapter.parent
+    _, res = generate(env, args(components=[0.5] * 30))
+    old_hash = registry.find("demo").hash
+    try:
+        (folder / "demo.adapter.safetensors").rename(folder / "demo-v1.adapter.safetensors")
+        (folder / "demo.space.safetensors").rename(folder / "demo-v1.space.safetensors")
+        registry.refresh()
+        assert dict(zip(sargs.ALL_NAMES, paste(env, res.info)))["model"] == "demo-v1"  # by its hash
+        assert "is here as 'demo-v1'" in capsys.readouterr().out
+        other = res.info.replace(f"[{old_hash}]", "[0badc0de]").replace("model: demo ", "model: demo-v1 ")
+        assert dict(zip(sargs.ALL_NAMES, paste(env, other)))["model"] == "demo-v1"
+        assert "here is another file (hash " in capsys.readouterr().out
+        moved = res.info.replace("model: demo [", "model: gone [")
+        paste(env, moved)  # not here yet under any name with that hash ...
+        (folder / "demo-v1.adapter.safetensors").rename(folder / "demo.adapter.safetensors")
+        (folder / "demo-v1.space.safetensors").rename(folder / "demo.space.safetensors")
+        registry.refresh()  # ... the 🔄 button
+        assert dict(zip(sargs.ALL_NAMES, paste(env, moved)))["model"] == "demo"
+    finally:
+        for kind in ("adapter", "space"):
+            if (folder / f"demo-v1.{kind}.safetensors").exists():
+                (folder / f"demo-v1.{kind}.safetensors").rename(folder / f"demo.{kind}.safetensors")
+        registry.refresh()
+
+
 def test_paste_without_the_key_disables_and_leaves_other_controls(env):
     restored = paste(env, "a castle\nNegative prompt: blurry\nSteps: 2, Seed: 3")
     assert restored[0] is False and all(v is None for v in restored[1:])

@@ -110,6 +110,8 @@ def test_import_export_round_trip_and_zero(callbacks):
     text = callbacks["on_export"]("demo", False, -1, *values)
     assert text.split() == ["0.5", "-1.25", "2"] + ["0"] * 27  # the model's K values
     assert [u["value"] for u in callbacks["on_import"]("demo", text)] == values
+    exact = [0.7234612703323364, -1.2345678, 123.456789] + [0.0] * 61  # Extract's values: not cut to 6 digits
+    assert [u["value"] for u in callbacks["on_import"]("demo", callbacks["on_export"]("demo", False, -1, *exact))] == exact
     assert callbacks["on_zero"]() == [False] + [0.0] * sargs.MAX_COMPONENTS
 
 

@@ -165,7 +165,7 @@ def random_params(rng: random.Random) -> StyleParams:
         block_weights=floats(rng.choice([1, 16, 70])) if blocks == "custom" else (),
         start=rng.choice([0.0, -0.0, rng.random() / 2]),
         end=rng.choice([1.0, 1 - rng.random() / 2]),
-        seed=rng.choice([None, -1, rng.getrandbits(rng.choice([8, 32, 64]))]),
+        seed=rng.choice([None, -1, rng.getrandbits(rng.choice([8, 32, 53]))]),
         refs=rng.choice(["", random_text(rng)]))
 
 
