@@ -46,7 +46,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     Transparent pixels keep arbitrary colours (often black) that a plain convert("RGB")
     would reveal; artwork with a transparent background is meant to be seen on a white page.
     """
-    if image.mode == "RGB":
+    keyed = "transparency" in image.info  # a colour-keyed transparent colour (PNG tRNS)
+    if image.mode == "RGB" and not keyed:
         return image
     if image.mode in ("I", "F") or image.mode.startswith("I;16"):
         # convert() clips these to 0..255 (16-bit PNGs come out white): scale to 8 bits first.
@@ -54,8 +55,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
         # float images hold 0..1 (float TIFF) or, converted by Pillow from 8 bits, 0..255.
         a = np.asarray(image, dtype=np.float64)
         scale = 255 / 65535 if image.mode != "F" else 255.0 if a.max() <= 1 else 1.0
-        return Image.fromarray(np.clip(np.rint(a * scale), 0, 255).astype(np.uint8), "L").convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        grey = Image.fromarray(np.clip(np.rint(a * scale), 0, 255).astype(np.uint8), "L")
+        if not keyed:
+            return grey.convert("RGB")
+        alpha = Image.fromarray(np.where(a == image.info["transparency"], 0, 255).astype(np.uint8), "L")
+        image = Image.merge("LA", (grey, alpha))
+    if image.mode in ("RGBA", "LA", "PA") or keyed:
         white = Image.new("RGBA", image.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
     return image.convert("RGB")
@@ -75,7 +80,7 @@ def v03_grid(w: int, h: int, area: float = V03_AREA, d: int = PATCH) -> tuple[in
 
     Ties go to the first candidate in (i, j) order, as in the original's `min`.
     """
-    s = math.sqrt(area / (w * h))
+    s = (area / w / h) ** 0.5  # the original's expression: math.sqrt(area / (w * h)) floors differently on a few sizes
     w0, h0 = math.floor(s * w / d), math.floor(s * h / d)
     candidates = [(w0 + i, h0 + j) for i in (0, 1) for j in (0, 1)]
     # A zero-sized side would be an empty image (the original crashed on such inputs).
@@ -113,15 +118,25 @@ def resize_v02(image: Image.Image) -> Image.Image:
     return _resize(image, (V02_SHORT_SIDE, long) if w <= h else (long, V02_SHORT_SIDE))
 
 
-def resize_icon(image: Image.Image, side: int) -> Image.Image:
-    """iconN (the icon encoders, N = side): bicubic cover-and-centre-crop to N x N."""
-    return cover_and_crop(image, side, side)
+def fit_icon(image: Image.Image, side: int, background: Sequence[int] = (255, 255, 255)) -> Image.Image:
+    """iconN (the icon encoders, N = side): the whole image fitted in an N x N square, centred on
+    `background` (LANCZOS down, bicubic up) -- how the icon dataset rasterises its icons, so an
+    extracted style sees an icon as training did."""
+    image = image.convert("RGBA")
+    if image.size != (side, side):
+        w, h = image.size
+        s = side / max(w, h)
+        resample = Image.Resampling.LANCZOS if s < 1 else Image.Resampling.BICUBIC
+        image = image.resize((max(1, round(w * s)), max(1, round(h * s))), resample)
+    canvas = Image.new("RGBA", (side, side), (*background, 255))
+    canvas.alpha_composite(image, ((side - image.size[0]) // 2, (side - image.size[1]) // 2))
+    return canvas.convert("RGB")
 
 
 ICON_RULES: dict[str, int] = {f"icon{side}": side for side in ICON_SIDES}
 PREPROCESS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "v0.2": resize_v02, "v0.3": resize_v03,
-    **{name: functools.partial(resize_icon, side=side) for name, side in ICON_RULES.items()}}
+    **{name: functools.partial(fit_icon, side=side) for name, side in ICON_RULES.items()}}
 
 
 def to_tensor(image: Image.Image, mean: Sequence[float] = IMAGENET_MEAN,
@@ -143,20 +158,29 @@ def preprocess_image(image: Image.Image, name: str, mean: Sequence[float] = IMAG
 
 # --- inputs --------------------------------------------------------------------------------
 
+def _decoded(image: Image.Image, what: str) -> Image.Image:
+    """RGB of an opened image, decoded now (a truncated upload fails here, with a message) and
+    turned as its EXIF says, so the image is the one a viewer (and the UI) shows."""
+    try:
+        image.load()
+        return to_rgb(ImageOps.exif_transpose(image))
+    except (OSError, Image.DecompressionBombError) as e:
+        raise StyleComponentsError(f"{what}: cannot read the image ({e})") from None
+
+
 def load_image(source: ImageInput) -> Image.Image:
     """A PIL image, an image file path or an HxWx3 (or x4) uint8 array -> RGB PIL image."""
     if isinstance(source, Image.Image):
-        return to_rgb(source)
+        return _decoded(source, "the image")
     if isinstance(source, (str, Path)):
         try:
             with Image.open(source) as im:
-                # Apply EXIF rotation so the image is the one a viewer (and the UI) shows.
-                return to_rgb(ImageOps.exif_transpose(im))
-        except (OSError, UnidentifiedImageError) as e:
+                return _decoded(im, str(source))
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
             raise StyleComponentsError(f"{source}: cannot read the image ({e})") from None
     if isinstance(source, np.ndarray):
-        if source.dtype != np.uint8 or source.ndim != 3 or source.shape[2] not in (3, 4):
-            raise UsageError(f"an image array must be HxWx3 (or HxWx4) uint8, "
+        if source.dtype != np.uint8 or source.ndim != 3 or source.shape[2] not in (3, 4) or not source.size:
+            raise UsageError(f"an image array must be HxWx3 (or HxWx4) uint8, not empty; "
                              f"got shape {source.shape} dtype {source.dtype}")
         return to_rgb(Image.fromarray(source))
     raise TypeError(f"expected a PIL image, a path or a numpy array, got {type(source).__name__}")
@@ -167,6 +191,19 @@ def image_key(image: Image.Image) -> str:
     h = hashlib.sha256(f"{image.mode}:{image.size[0]}x{image.size[1]}:".encode())
     h.update(image.tobytes())
     return h.hexdigest()
+
+
+def _check_input_size(path, model: torch.nn.Module, preprocess: str) -> None:
+    """A ViT of a fixed input size takes the sizes its rule makes: v0.2/v0.3 sizes vary per image
+    (the position embeddings must be interpolated); iconN is N x N."""
+    if getattr(model, "dynamic_img_size", True) is not False:
+        return
+    side = ICON_RULES.get(preprocess)
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if side is None or size is None or tuple(size) != (side, side):
+        raise ModelFileError(path, f"{preprocess} preprocessing makes other input sizes than this model's fixed "
+                                   f"{list(size) if size is not None else 'one'}: add \"dynamic_img_size\": true "
+                                   "to metadata entry 'model_kwargs'")
 
 
 def _check_weights(weights: Sequence[float] | None, n: int) -> list[float]:
@@ -245,10 +282,7 @@ class Extractor:
         _check_state_dict(path, skeleton, tensors)
         model = _build_model(path, meta["architecture"], kwargs)
         model.load_state_dict(dict(tensors), strict=True)
-        # v0.3 sizes vary per image: a ViT must interpolate its position embeddings.
-        if preprocess == "v0.3" and getattr(model, "dynamic_img_size", True) is False:
-            raise ModelFileError(path, "v0.3 preprocessing needs variable input sizes: add "
-                                       "\"dynamic_img_size\": true to metadata entry 'model_kwargs'")
+        _check_input_size(path, model, preprocess)
         model.to(device=device, dtype=dtype)
         return cls(model, preprocess, dim, mean, std, meta.get("name") or Path(path).stem,
                    source=str(path), cache_size=cache_size)
@@ -300,6 +334,9 @@ class Extractor:
                 groups = [xs] if len({tuple(x.shape) for x in xs}) == 1 else [[x] for x in xs]
                 for group in groups:
                     out = self.model(torch.stack(group).to(self.device, self.dtype))
+                    if tuple(out.shape) != (len(group), self.dim):
+                        raise ModelFileError(self.source, f"the backbone returns shape {list(out.shape)}, "
+                                                          f"metadata entry 'dim' says [{len(group)}, {self.dim}]")
                     outs.append(self._check_finite(out).float().cpu())
         return torch.cat(outs).clone()
 
@@ -318,8 +355,9 @@ class Extractor:
         w = _check_weights(weights, len(images))
         used = [(image, x) for image, x in zip(images, w) if x > 0]
         stacked = torch.stack([self.embed_one(image) for image, _ in used])
-        coefficients = torch.tensor([x for _, x in used], dtype=torch.float32)
-        return (coefficients[:, None] * stacked).sum(0) / coefficients.sum()
+        total = sum(x for _, x in used)  # in float64: weights of 1e-50 or 1e39 would be 0 or inf in float32
+        coefficients = torch.tensor([x / total for _, x in used], dtype=torch.float64)
+        return (coefficients[:, None] * stacked.double()).sum(0).float()
 
     def _check_finite(self, out: torch.Tensor) -> torch.Tensor:
         if not bool(torch.isfinite(out).all()):

@@ -14,6 +14,7 @@ adapter of that folder.
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 import threading
@@ -26,10 +27,12 @@ from .errors import UsageError
 KINDS = ("space", "adapter", "extractor")
 FORMATS = {"style-components-space": "space", "style-components-adapter": "adapter",
            "style-components-extractor": "extractor"}
-# `<name>[.-_][style.-_]<kind word>`: "anime_style_adapter" and "anime_style_space" group as "anime"
+# `<name>[.-_][style.-_]<kind word>`: "anime_style_adapter" and "anime_style_space" group as "anime";
+# or the kind word first, as the original release names its adapter ("ip-adapter-style_sdxl_amix_v0.1.0")
+_KIND_WORDS = (("space", "space|pca"), ("extractor", "extractor|embedder"), ("adapter", r"(?:ip[._-]?)?adapter"))
 _NAME_KIND = [(kind, re.compile(rf"^(?P<name>.+?)[._-]?(?:style[._-]?)?(?:{words})$", re.I))
-              for kind, words in (("space", "space|pca"), ("extractor", "extractor|embedder"),
-                                  ("adapter", r"(?:ip[._-]?)?adapter"))]
+              for kind, words in _KIND_WORDS] + \
+             [(kind, re.compile(rf"^(?:{words})[._-]+(?:style[._-]+)?(?P<name>.+)$", re.I)) for kind, words in _KIND_WORDS]
 _MAX_HEADER = 100 << 20
 MAX_SLIDERS = 64  # an adapter input wider than this is an embedding: it needs its style space
 
@@ -79,15 +82,46 @@ def space_layout(path) -> tuple[int, tuple[str, ...]] | None:
 
 
 def classify(path) -> tuple[str | None, str]:
-    """(kind, model name) of a file: kind from metadata, else from the name; None if neither says."""
+    """(kind, model name) of a file: kind from metadata, else from its tensors (an adapter's
+    IP-Adapter layout), else from the name; None if none says. The name drops only its kind's word."""
     path = Path(path)
     stem = path.name[: -len(".safetensors")] if path.name.endswith(".safetensors") else path.stem
-    kind = FORMATS.get(read_metadata(path).get("format", ""))
+    header = read_header(path)
+    kind = FORMATS.get(_metadata(header).get("format", "")) or ("adapter" if _adapter_input(header) else None)
     for name_kind, pattern in _NAME_KIND:
         m = pattern.match(stem)
-        if m and m["name"]:
-            return (kind or name_kind), m["name"]
+        if m and m["name"] and kind in (None, name_kind):  # "workspace", an adapter, is not model "work"
+            return name_kind, m["name"]
     return kind, stem
+
+
+def _adapter_input(header: dict) -> int | None:
+    """An adapter's input size (K components or an embedding's D) from its header, if it has the IP-Adapter layout."""
+    first = header.get("image_proj.proj.0.weight") or header.get("image_proj.proj.weight")
+    try:
+        return int(first["shape"][1]) if "image_proj.norm.weight" in header else None
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+def _space_size(header: dict) -> int | None:
+    """A style space's embedding size D from its header."""
+    try:
+        return int(header["components"]["shape"][1])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+def _stamp(*paths) -> tuple:
+    """What tells a file replaced in place (a retrained model under the same name)."""
+    stamps = []
+    for p in paths:
+        try:
+            st = os.stat(p) if p is not None else None
+        except OSError:
+            st = None
+        stamps.append((st.st_mtime_ns, st.st_size) if st is not None else None)
+    return tuple(stamps)
 
 
 @dataclass
@@ -96,7 +130,15 @@ class ModelInfo:
     adapter: Path
     space: Path | None = None
     extractor: Path | None = None
+    stamp: tuple = field(default=(), repr=False)  # the three files' (mtime, size): equal infos, same files
     _hash: str = field(default="", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.stamp = self.stamp or _stamp(self.adapter, self.space, self.extractor)
+
+    def changed(self) -> bool:
+        """Whether a file was replaced (or removed) since the scan."""
+        return _stamp(self.adapter, self.space, self.extractor) != self.stamp
 
     @property
     def hash(self) -> str:
@@ -119,21 +161,47 @@ def scan(folders: Iterable) -> dict[str, ModelInfo]:
         if not folder.is_dir():
             continue
         by_dir: dict[Path, dict[str, dict[str, Path]]] = {}
-        for path in sorted(folder.rglob("*.safetensors")):
+        for path in _safetensors_files(folder):
             kind, name = classify(path)
             if kind == "adapter" and read_metadata(path).get("base") in NOT_FOR_WEBUI:
                 continue  # e.g. the demo adapter in models/demo: its base is the icon world, not SD
-            if kind in KINDS:
-                by_dir.setdefault(path.parent, {k: {} for k in KINDS})[kind].setdefault(name, path)
+            if kind in KINDS:  # names pair regardless of case (Windows users do not see it)
+                by_dir.setdefault(path.parent, {k: {} for k in KINDS})[kind].setdefault(name.lower(), (name, path))
         for files in by_dir.values():
-            lone = {k: next(iter(files[k].values())) if len(files[k]) == 1 else None for k in ("space", "extractor")}
-            for name, adapter in files["adapter"].items():
+            lone = {k: next(iter(files[k].values()))[1] if len(files[k]) == 1 else None for k in ("space", "extractor")}
+            for key, (name, adapter) in files["adapter"].items():
                 if name in models:
                     continue
-                models[name] = ModelInfo(name, adapter,
-                                         files["space"].get(name) or lone["space"],
-                                         files["extractor"].get(name) or lone["extractor"])
+                space = files["space"].get(key, (None, None))[1] or _fitting_space(lone["space"], adapter)
+                extractor = files["extractor"].get(key, (None, None))[1] or lone["extractor"]
+                models[name] = ModelInfo(name, adapter, space, extractor)
     return models
+
+
+def _safetensors_files(folder: Path) -> list[Path]:
+    """Every .safetensors file below `folder`, following linked folders as A1111's own model lists do
+    (a shared model store linked in), each real folder once."""
+    found, seen = [], set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        found += [Path(root) / n for n in names if n.endswith(".safetensors")]
+    return sorted(found)
+
+
+def _fitting_space(space: Path | None, adapter: Path) -> Path | None:
+    """A folder's lone style space serves an adapter when its D is what the adapter takes (an
+    adapter of K components takes one as well: its sliders' labels), not another model's space."""
+    if space is None:
+        return None
+    d_in, d = _adapter_input(read_header(adapter)), _space_size(read_header(space))
+    if d_in is None or d is None or d_in == d:
+        return space
+    k = space_layout(space)
+    return space if k is not None and k[0] == d_in else None
 
 
 @dataclass
@@ -208,6 +276,9 @@ class Registry:
     def load(self, name: str) -> LoadedModel:
         from .errors import StyleComponentsError
         info = self.find(name)
+        if info is not None and info.changed():  # retrained in place, or removed: scan again
+            self.refresh()
+            info = self.find(name)
         if info is None:
             known = ", ".join(self.names()) or "none; put model files in " + " or ".join(map(str, self.folders))
             raise StyleComponentsError(f"style model {name!r} not found (known: {known})")
@@ -216,6 +287,7 @@ class Registry:
                 from .adapter import Adapter
                 from .space import StyleSpace
                 self.loaded = None
+                info.hash  # of the file as loaded (the infotext's record), not as it may be later
                 adapter = Adapter.load(info.adapter)
                 if info.space is None and adapter.d_in > MAX_SLIDERS:
                     raise StyleComponentsError(

@@ -39,6 +39,9 @@ class StyleSpace:
     def to_components(self, embedding: torch.Tensor) -> torch.Tensor:
         """[..., D] embedding -> [..., K] slider values: ((e - mean) @ C^T) / std."""
         e = embedding.to(self.mean)
+        if e.shape[-1:] != self.mean.shape:  # an extractor of another model beside this space
+            raise UsageError(f"embeddings of {e.shape[-1] if e.ndim else 1} dims given, the style space "
+                             f"{self.name!r} describes {self.mean.shape[0]}-d embeddings (another model's extractor?)")
         return ((e - self.mean) @ self.components.T) / self.std
 
     def to_embedding(self, components: torch.Tensor) -> torch.Tensor:

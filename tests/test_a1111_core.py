@@ -145,6 +145,50 @@ def test_an_embedding_adapter_without_its_space_is_a_clear_error(tmp_path, sd15_
     assert models.Registry([tmp_path]).load("narrow").k == adapter.d_in
 
 
+def test_model_files_found_wrong_in_review(tmp_path, sd15_ldm_meta_adapter):
+    """The original release's adapter name (kind word first, no metadata) was not listed; an adapter
+    named 'workspace' became model 'work'; 'Anime.adapter' did not pair with 'anime.space'; a folder's
+    lone space was paired with an adapter of another size, breaking a model that worked alone; linked
+    folders were not searched (A1111's own lists follow them)."""
+    import os
+    import safetensors.torch
+    import a1111_env
+    adapter, space = sd15_ldm_meta_adapter
+    original = tmp_path / "sdxl" / "ip-adapter-style_sdxl_amix_v0.1.0_fp16.safetensors"
+    original.parent.mkdir()
+    safetensors.torch.save_file({k: v.contiguous() for k, v in adapter.state_dict().items()}, str(original))  # no metadata
+    adapter.save(tmp_path / "a" / "workspace.safetensors")
+    adapter.save(tmp_path / "b" / "Anime.adapter.safetensors")
+    space.save(tmp_path / "b" / "anime.space.safetensors")
+    adapter.save(tmp_path / "c" / "icons.adapter.safetensors")       # takes 30 components ...
+    a1111_env.make_space(20, 64).save(tmp_path / "c" / "other.space.safetensors")  # ... this space has 20
+    store = tmp_path.parent / f"{tmp_path.name}-store"
+    adapter.save(store / "shared.adapter.safetensors")
+    os.symlink(store, tmp_path / "linked")
+    os.symlink(tmp_path, tmp_path / "a" / "loop")  # a link back up is searched once
+    found = models.scan([tmp_path])
+    assert sorted(found) == ["Anime", "icons", "sdxl_amix_v0.1.0_fp16", "shared", "workspace"]
+    assert found["Anime"].space == tmp_path / "b" / "anime.space.safetensors"
+    assert found["icons"].space is None
+    assert models.Registry([tmp_path]).load("icons").k == 30
+
+
+def test_a_model_file_replaced_in_place_is_loaded_again(tmp_path, sd15_ldm_meta_adapter):
+    """Found in review: after retraining into the same file, the old weights stayed loaded until a restart."""
+    adapter, _ = sd15_ldm_meta_adapter
+    adapter.save(tmp_path / "demo.adapter.safetensors")
+    reg = models.Registry([tmp_path])
+    before = reg.load("demo")
+    import copy
+    retrained = copy.deepcopy(adapter)
+    with torch.no_grad():
+        retrained.layer(1).to_v_ip.weight.add_(1.0)
+    retrained.save(tmp_path / "demo.adapter.safetensors")
+    after = reg.load("demo")
+    assert after is not before and torch.equal(after.adapter.layer(1).to_v_ip.weight, retrained.layer(1).to_v_ip.weight)
+    assert after.info.hash != before.info.hash
+
+
 def test_metadata_is_read_from_the_header_only(tmp_path):
     _write(tmp_path / "m.safetensors", "style-components-space")
     assert models.read_metadata(tmp_path / "m.safetensors") == {"format": "style-components-space"}

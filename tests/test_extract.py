@@ -98,6 +98,14 @@ def test_v03_grid_matches_the_original_on_many_sizes():
         assert (14 * gh, 14 * gw) == reference_v03_size(w, h), (w, h)
 
 
+@pytest.mark.parametrize("w, h", [(1369, 1600), (1521, 3600), (169, 2500)])
+def test_v03_grid_rounds_as_the_original_where_sqrt_would_not(w, h):
+    """Found in review: math.sqrt(area / (w*h)) and the original's (area / w / h) ** 0.5 differ in
+    the last bit, and for these sizes s*h/14 sits on a whole number, so floor() flipped a side."""
+    gw, gh = v03_grid(w, h)
+    assert (14 * gh, 14 * gw) == reference_v03_size(w, h)
+
+
 def test_v03_refuses_an_image_too_elongated_for_the_grid():
     with pytest.raises(StyleComponentsError, match="too elongated"):
         preprocess_image(Image.new("RGB", (1, 3000)), "v0.3")
@@ -164,11 +172,54 @@ def test_inputs_path_array_and_pil_agree(tmp_path):
         load_image(tmp_path / "bad.png")
 
 
-def test_paths_follow_exif_orientation(tmp_path):
+def test_paths_and_opened_images_follow_exif_orientation(tmp_path):
+    """Found in review: uploads (the WebUI, the API) arrive opened, and were not turned."""
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 CW to display"
     noise_image(30, 20).save(tmp_path / "r.png", exif=exif)
     assert load_image(tmp_path / "r.png").size == (20, 30)
+    with Image.open(tmp_path / "r.png") as opened:
+        assert np.array_equal(np.asarray(load_image(opened)), np.asarray(load_image(tmp_path / "r.png")))
+
+
+def test_colour_keyed_transparency_is_white(tmp_path):
+    """Found in review: RGB and 16-bit PNGs with a transparent colour (tRNS) showed it (black)."""
+    rgb = Image.new("RGB", (4, 4), (0, 0, 0))
+    rgb.putpixel((1, 1), (200, 10, 10))
+    rgb.save(tmp_path / "rgb.png", transparency=(0, 0, 0))
+    with Image.open(tmp_path / "rgb.png") as im:
+        out = load_image(im)
+    assert out.getpixel((0, 0)) == (255, 255, 255) and out.getpixel((1, 1)) == (200, 10, 10)
+    grey = Image.fromarray(np.full((4, 4), 0, np.uint16), "I;16")
+    grey.putpixel((1, 1), 40000)
+    grey.save(tmp_path / "grey16.png", transparency=0)
+    out = load_image(tmp_path / "grey16.png")
+    assert out.getpixel((0, 0)) == (255, 255, 255) and out.getpixel((1, 1)) != (255, 255, 255)
+
+
+def test_unreadable_images_are_one_clear_error(tmp_path, monkeypatch):
+    """Found in review: a truncated upload failed at its first pixel access with a raw OSError, and
+    an image over Pillow's decompression-bomb limit escaped as its own error type."""
+    noise_image(64, 64).save(tmp_path / "a.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "a.png").read_bytes()[:200])
+    with Image.open(tmp_path / "cut.png") as im, pytest.raises(StyleComponentsError, match="cannot read the image"):
+        load_image(im)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 64 x 64 is then over twice the limit: a "bomb"
+    with pytest.raises(StyleComponentsError, match="a.png: cannot read the image"):
+        load_image(tmp_path / "a.png")
+    with pytest.raises(ValueError, match="not empty"):
+        load_image(np.zeros((0, 5, 3), np.uint8))
+
+
+def test_the_icon_rule_sees_an_icon_as_the_dataset_rasterises_it(tmp_path):
+    """Found in review: iconN cropped the centre of a non-square icon (bicubic), while training saw
+    the whole icon fitted on white (LANCZOS): a 96x48 icon moved 1.6 sliders."""
+    from style_components.train.dataset import rasterise
+    for mode, tolerance in (("RGB", 0), ("RGBA", 3)):  # (alpha: composited before or after resizing, rounding apart)
+        noise_image(96, 48, mode=mode).save(tmp_path / "wide.png")
+        trained = rasterise(tmp_path / "wide.png", 64).astype(int)
+        extracted = np.asarray(PREPROCESS["icon64"](load_image(tmp_path / "wide.png"))).astype(int)
+        assert np.abs(extracted - trained).max() <= tolerance, mode
 
 
 # --- extractor files ---------------------------------------------------------------------------
@@ -399,10 +450,16 @@ def test_bad_metadata_is_named(saved, tmp_path, changes, words):
         assert word in message
 
 
-def test_v03_needs_a_dynamic_size_model(saved, tmp_path):
+@pytest.mark.parametrize("preprocess", ["v0.3", "v0.2", "icon64"])
+def test_a_fixed_size_model_must_take_its_rules_sizes(saved, tmp_path, preprocess):
+    """v0.2 and v0.3 sizes vary per image; icon64 needs 64 x 64 (found in review: v0.2 and icon64
+    loaded, then failed at the first image inside timm)."""
     kwargs = {**KWARGS, "dynamic_img_size": False}
-    Extractor.save(tiny_model(dynamic_img_size=False), tmp_path / "s.safetensors", ARCH, kwargs, "v0.3")
+    Extractor.save(tiny_model(dynamic_img_size=False), tmp_path / "s.safetensors", ARCH, kwargs, preprocess)
     assert "dynamic_img_size" in str(load_error(tmp_path / "s.safetensors"))
+    kwargs = {**KWARGS, "dynamic_img_size": False, "img_size": 70}  # icon64's 64 is not whole 14 px patches
+    Extractor.save(tiny_model(**kwargs), tmp_path / "t.safetensors", ARCH, kwargs, preprocess)
+    assert "dynamic_img_size" in str(load_error(tmp_path / "t.safetensors"))
 
 
 def test_state_dict_mismatch_names_the_key(saved, tmp_path):
@@ -484,6 +541,23 @@ def test_dim_that_does_not_match_the_backbone(saved, tmp_path):
     ext = Extractor.load(rewrite(saved[0], tmp_path / "d.safetensors", dim="768"))
     with pytest.raises(ModelFileError, match=r"'dim' says \[1, 768\]"):
         ext.embed_one(noise_image(50, 50))
+    with pytest.raises(ModelFileError, match=r"'dim' says \[2, 768\]"):  # found in review: a raw torch.cat error
+        ext.embed_each([noise_image(50, 50), noise_image(50, 50, seed=1)])
+
+
+def test_extreme_weights_give_a_finite_weighted_mean(extractor):
+    """Found in review: weights of 1e-50 (0 in float32) or 1e39 (inf) gave a NaN style."""
+    a, b = noise_image(60, 60), noise_image(60, 60, seed=1)
+    plain = extractor.embed([a, b])
+    torch.testing.assert_close(extractor.embed([a, b], [1e-50, 1e-50]), plain)
+    torch.testing.assert_close(extractor.embed([a, b], [1e39, 1]), extractor.embed(a))
+
+
+def test_a_space_of_another_size_is_named(extractor):
+    from style_components.space import StyleSpace
+    space = StyleSpace(torch.zeros(32), torch.eye(32)[:4], torch.ones(4), name="other")
+    with pytest.raises(ValueError, match="64 dims given, the style space 'other' describes 32-d embeddings"):
+        space.to_components(extractor.embed(noise_image(50, 50)))
 
 
 def test_missing_timm_is_explained(saved, monkeypatch):

@@ -27,7 +27,7 @@ HELDOUT_FAMILIES: frozenset[str] = frozenset({
 })
 
 # Encoder input side (px) by default, and the preprocessing rule an extractor trained at a side is
-# saved with (extract.resize_icon: cover-and-centre-crop). `train --size 128` sees more of the drawing.
+# saved with (extract.fit_icon: fitted in the square, as the dataset rasterises). `train --size 128` sees more of the drawing.
 INPUT_SIZE = 64
 
 

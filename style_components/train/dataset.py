@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import StyleComponentsError, UsageError
+from ..extract import fit_icon
 from . import config
 
 EXTENSIONS = (".svg", ".png")
@@ -181,16 +182,7 @@ def rasterise(path: Path, size: int, background=config.BACKGROUND) -> np.ndarray
     else:
         image = Image.open(path)
     image.load()
-    image = image.convert("RGBA")
-    if image.size != (size, size):
-        w, h = image.size
-        s = size / max(w, h)
-        new = (max(1, round(w * s)), max(1, round(h * s)))
-        resample = Image.Resampling.LANCZOS if s < 1 else Image.Resampling.BICUBIC
-        image = image.resize(new, resample)
-    canvas = Image.new("RGBA", (size, size), tuple(background) + (255,))
-    canvas.alpha_composite(image, ((size - image.size[0]) // 2, (size - image.size[1]) // 2))
-    return np.asarray(canvas.convert("RGB"), dtype=np.uint8)
+    return np.asarray(fit_icon(image, size, background), dtype=np.uint8)
 
 
 def _sha256(path: Path) -> str:

@@ -57,7 +57,7 @@ def load(path) -> tuple[torch.nn.Module, int]:
 
 
 def to_input(images_u8: torch.Tensor | np.ndarray, size: int = config.INPUT_SIZE) -> torch.Tensor:
-    """uint8 [N, S, S, 3] rasters -> normalised float [N, 3, size, size] (bicubic, like extract.resize_icon)."""
+    """uint8 [N, S, S, 3] rasters -> normalised float [N, 3, size, size] (square already: bicubic, as extract.fit_icon)."""
     x = torch.as_tensor(np.asarray(images_u8) if not torch.is_tensor(images_u8) else images_u8)
     x = x.permute(0, 3, 1, 2).float().div(255)
     if x.shape[-1] != size:
