@@ -133,6 +133,8 @@ def test_module_command_line(tmp_path):
     subprocess.run(cmd, check=True, capture_output=True)
     stats = json.loads((out / "dataset.json").read_text())
     assert stats["themes"]["a"].endswith("Alpha") and stats["images"] > 20
+    bad = subprocess.run(cmd[:4] + ["--theme", "alpha"], capture_output=True, text=True)  # a user error: one line
+    assert bad.returncode == 2 and bad.stderr.startswith("python -m style_components.train.dataset: error: --theme alpha")
 
 
 def test_an_image_under_a_heldout_and_a_training_name_is_kept_only_as_heldout(tmp_path):

@@ -2,6 +2,7 @@
 so that `style-components --help` stays quick. Each module's `run(args)` does the work."""
 from __future__ import annotations
 import argparse
+import sys
 from typing import Callable, Sequence
 
 from ..layers import PRESET_NAMES
@@ -19,9 +20,14 @@ def positive_int(text: str) -> int:
 def module_main(module: str, doc: str, add_arguments: Callable[[argparse.ArgumentParser], None],
                 run: Callable[[argparse.Namespace], object], argv: Sequence[str] | None = None) -> int:
     """`python -m style_components.train.<module>`: the same arguments as its CLI subcommand."""
+    from ..errors import StyleComponentsError
     parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n")[0])
     add_arguments(parser)
-    run(parser.parse_args(argv))
+    try:
+        run(parser.parse_args(argv))
+    except (StyleComponentsError, OSError) as e:  # one line, as the CLI gives it
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
