@@ -161,7 +161,8 @@ class StyleParams:
         if self.seed == SEED_PER_IMAGE:
             if image_seed is None:
                 raise UsageError("seed -1 takes each image's seed, but no image seed was given")
-            return random_components(image_seed, k)
+            # any seed A1111 accepts (a typed -5, 2**60 through the API) draws a style
+            return random_components(int(image_seed) % (MAX_SEED + 1), k)
         return random_components(self.seed, k)
 
     def effective_components(self, k: int, image_seed: int | None = None) -> tuple[float, ...]:

@@ -54,6 +54,7 @@ class Generation:
         # this pass: UNet calls of its steps, those with the style on, style terms added, calls it
         # missed (rows unknown)
         self._calls_stepped = self._calls_on = self._layer_calls = self._missed = 0
+        self._pass_done = False  # the pass reached its last announced step
 
     # -- the style of each image ---------------------------------------------------------
     def image_components(self, image_seeds: Sequence[int | None]) -> list[tuple[float, ...]]:
@@ -72,6 +73,7 @@ class Generation:
         self.components = self.image_components(image_seeds)
         self._pass_styled = False
         self._calls_stepped = self._calls_on = self._layer_calls = self._missed = 0
+        self._pass_done = False
         self.progress = OFF  # until the host announces a step: calls before it are not the sampler's
         consequence = "This pass runs" if self.passes else "This image is generated"
         return self._hook(unet, f"{consequence} without the style.")
@@ -108,6 +110,7 @@ class Generation:
         """The host is about to run sampling step `step` of `total_steps` on a batch with `labels`
         (or a function giving them at the step's first UNet call)."""
         self.progress = sampling_progress(step, total_steps)
+        self._pass_done = not total_steps or step >= total_steps - 1
         self.tracker.new_step(labels)
 
     def _before_unet_call(self, module, args, kwargs):
@@ -136,7 +139,7 @@ class Generation:
                 f"the style was on for {self._calls_on} UNet calls, but none of the UNet's cross-attention "
                 "layers ran: something runs in its place (in A1111, the 'SD Unet' setting, e.g. a TensorRT "
                 "engine). Set SD Unet to None, or turn the style off")
-        if self._calls_stepped and not self._calls_on:
+        if self._calls_stepped and not self._calls_on and self._pass_done:  # (not when interrupted before the range)
             self._tell(f"Style Components: the style's range (start {self.params.start:g}, end {self.params.end:g}) "
                        "holds none of this pass's sampling steps; it ran without the style. Widen the range.")
         if self._missed:

@@ -170,7 +170,7 @@ def on_cfg_denoiser(params, opts=None) -> None:
     denoiser = getattr(params, "denoiser", None)
     p = getattr(denoiser, "p", None)
     gen: Generation | None = getattr(p, ATTR, None)
-    if gen is None or gen.unet is None:
+    if (gen is None or gen.unet is None) and not _begin_unannounced_pass(p, gen):
         return
     unet = unet_of(p)
     if unet is not gen.unet:  # the refiner took over from this step on
@@ -181,6 +181,32 @@ def on_cfg_denoiser(params, opts=None) -> None:
     # read at the step's first UNet call: callbacks after this one may still rearrange the rows
     gen.step(lambda: _labels_or_none(params, opts), getattr(denoiser, "step", 0),
              getattr(denoiser, "total_steps", None))
+
+
+def _begin_unannounced_pass(p, gen: Generation | None) -> bool:
+    """A sampler that skipped process_before_every_sampling (A1111's own "img2img alternative
+    test" samples with a sampler of its own): its first denoiser call begins the pass, so its
+    image gets the style its infotext names. True when the pass is hooked.
+
+    The job's error, if any, is raised from the UNet call the step is about to make: A1111 only
+    logs what a callback raises. (Once a pass ends, no denoiser call comes before the next one.)"""
+    error = getattr(p, ERROR_ATTR, None)
+    if not error and gen is not None:
+        try:
+            _start_pass(p, gen, None)
+            return True
+        except Exception as e:
+            gen.end_pass()
+            error = f"Style Components: {_describe(e)}"
+    if not error:
+        return False
+    setattr(p, ERROR_ATTR, None)  # raised once
+
+    def fail(*_):
+        hook.remove()
+        raise StyleComponentsError(error)
+    hook = unet_of(p).register_forward_pre_hook(fail)
+    return False
 
 
 def _labels_or_none(params, opts):

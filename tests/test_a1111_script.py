@@ -652,3 +652,58 @@ def test_a_job_that_died_before_sampling_leaves_no_hook_for_the_next(env, monkey
     _, off = generate(env, args(enabled=False))
     assert not env["unet"]._forward_pre_hooks
     assert torch.equal(off.images[0], bare.images[0])
+
+
+def test_a_sampler_that_skips_the_pass_hook_still_gets_the_style(env, monkeypatch):
+    """Found in review: A1111's own "img2img alternative test" (scripts/img2imgalt.py, v1.10) swaps
+    p.sample for a function that makes its own sampler and calls sample_img2img without
+    process_before_every_sampling: the image came out unstyled under a styled infotext, and an error
+    kept for sampling (a missing model) was never raised. Emulated here as that script does it
+    (its noise-finding loop left out)."""
+    from modules import processing, sd_samplers
+    init = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    kw = dict(img2img=True, init_latent=init, steps=2, denoising_strength=0.9)
+    _, plain = generate(env, args(components=[2.0] * 30, strength=1.5), **kw)
+    _, off = generate(env, None, **kw)
+    real_init = processing.StableDiffusionProcessingImg2Img.init
+
+    def init_with_alt(self, *a):
+        real_init(self, *a)
+
+        def sample_extra(conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
+            sampler = sd_samplers.create_sampler(self.sampler_name, self.sd_model)
+            return sampler.sample_img2img(self, self.init_latent, self.noise(tuple(self.init_latent.shape[1:])),
+                                          conditioning, unconditional_conditioning,
+                                          image_conditioning=self.image_conditioning)
+        self.sample = sample_extra
+    monkeypatch.setattr(processing.StableDiffusionProcessingImg2Img, "init", init_with_alt)
+    p, alt = generate(env, args(components=[2.0] * 30, strength=1.5), **kw)
+    assert torch.equal(alt.images[0], plain.images[0]) and not torch.equal(alt.images[0], off.images[0])
+    with pytest.raises(StyleComponentsError, match="style model 'no-such-model' not found"):
+        generate(env, args(model="no-such-model", components=[2.0] * 30), **kw)
+    _, after = generate(env, None, **kw)
+    assert torch.equal(after.images[0], off.images[0])
+    assert_unet_clean(env)
+
+
+def test_an_interrupt_before_the_range_is_not_called_a_range_problem(env):
+    """Found in review: Interrupt before a range starting at 0.5 said "Widen the range"."""
+    from modules import script_callbacks
+
+    def interrupt(params):
+        if params.denoiser.step == 1:
+            env["shared"].state.interrupted = True
+    script_callbacks.on_cfg_denoiser(interrupt)
+    try:
+        p, _ = generate(env, args(components=[1.0] * 30, start=0.5, end=1.0), steps=4)
+    finally:
+        script_callbacks.remove_callbacks_for_function(interrupt)
+        env["shared"].state.reset()
+    assert not p.comments
+
+
+def test_a_per_image_style_draws_from_any_image_seed(env):
+    """Found in review: an image seed A1111 accepts (a typed -5, one above 2**53 through the API)
+    failed the job with per-image random styles."""
+    p, res = generate(env, args(random=True, seed=-1), seed=-5)
+    assert p.all_seeds[0] == -5 and sargs.INFOTEXT_KEY + ": " in res.info
