@@ -223,8 +223,8 @@ def test_content_probe_reads_names_only_from_features_that_carry_them():
     # features that draw the name (one-hot + noise): the probe reads it on themes it never saw
     carry = np.eye(8)[name_ids] + 0.1 * rng.normal(size=(len(names), 8))
     got = content_probe(carry, labels, names)
-    assert got["accuracy"] == 1.0 and got["names"] == 8
-    assert got["test_images"] == 10 * 8 and got["chance"] == pytest.approx(1 / 8)  # half the themes test
+    assert got["accuracy"] == 1.0 and got["sd"] == 0.0 and got["names"] == 8 and got["splits"] == 20
+    assert got["chance"] == pytest.approx(1 / 8)
     # features of the theme alone (and noise), independent of the name: chance level
     theme_only = np.eye(20)[labels] + 0.1 * rng.normal(size=(len(names), 20))
     blind = content_probe(theme_only, labels, names)
@@ -232,7 +232,13 @@ def test_content_probe_reads_names_only_from_features_that_carry_them():
     noise = content_probe(rng.normal(size=(len(names), 8)), labels, names)
     assert noise["accuracy"] <= noise["chance"] + 0.15
     # a name drawn by one theme only cannot be tested on unseen themes
-    assert content_probe(carry[:8], labels[:8], names[:8]) == {"accuracy": None, "chance": None, "names": 0}
+    assert content_probe(carry[:8], labels[:8], names[:8]) == {"accuracy": None, "chance": None, "splits": 0}
+    # found in review: one split of the themes is one draw (0.04 to 0.13 for the shipped encoder):
+    # the figure is the mean over splits, each split one draw of it
+    from style_components.train.evaluate import _content_probe_once
+    half = 0.3 * carry + rng.normal(size=carry.shape)
+    once = [_content_probe_once(half, labels, names, seed)["accuracy"] for seed in range(20)]
+    assert content_probe(half, labels, names)["accuracy"] == pytest.approx(np.mean(once)) and np.std(once) > 0
 
 
 def test_handmade_features_measure_colour_size_and_outline():

@@ -246,6 +246,15 @@ def test_fidelity_diagnostics_on_constructed_cases():
     assert got == labels[3 + ((flat[3:] - flat[1]) ** 2).sum(1).argmin()]
 
 
+def test_a_real_icon_is_not_judged_against_a_mean_that_holds_itself():
+    """Found in review: the real-icon ceiling counted each query inside its own theme's mean."""
+    real = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])  # theme 0: two icons; theme 1: one
+    labels = np.array([0, 0, 1])
+    assert fidelity.nearest_mean(real[:1], real, labels).tolist() == [0]              # itself pulls theme 0 its way
+    assert fidelity.nearest_mean(real[:1], real, labels, np.array([0])).tolist() == [1]  # without itself: theme 1
+    assert fidelity.nearest_mean(real[2:], real, labels).tolist() == [1]               # generated: all icons count
+
+
 @pytest.mark.parametrize("prediction", ["v_prediction", "epsilon"])
 def test_diffusion_loss_weightings_against_a_direct_computation(prediction):
     """min-SNR-gamma (the default) and plain (snr_gamma 0) against the formulas, for both targets."""
