@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from .errors import StyleComponentsError
@@ -157,10 +159,23 @@ def _add_extract(commands: argparse._SubParsersAction) -> None:
 
 # --- demo and generate ---------------------------------------------------------------------
 
+def sampler_steps(text: str) -> int:
+    """1 to 1000: the demo world was trained on 1000 timesteps, a sampler cannot take more."""
+    value = positive_int(text)
+    if value > 1000:
+        raise argparse.ArgumentTypeError(f"{value}: at most 1000 (the world's training timesteps)")
+    return value
+
+
+def finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
+
+
 def _image_file(text: str) -> str:
     """An output image path whose suffix Pillow can write (checked before minutes of generating)."""
-    from pathlib import Path
-
     from PIL import Image
     if Path(text).suffix.lower() not in Image.registered_extensions():
         raise argparse.ArgumentTypeError(f"{text}: not an image file name Pillow can write (e.g. .png)")
@@ -196,7 +211,7 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--out", type=_image_file, default="style_components_demo.png", help="PNG to write")
     demo.add_argument("--seed", type=int, default=0, help="seed of the first row (and of the random style)")
     demo.add_argument("--component", type=positive_int, default=1, help="component swept in the last columns (1-based)")
-    demo.add_argument("--steps", type=positive_int, default=20, help="sampler steps")
+    demo.add_argument("--steps", type=sampler_steps, default=20, help="sampler steps")
     demo.add_argument("--models", help=MODELS_HELP + "; and references/THEME/*.png, one column per theme")
     _add_strength(demo)
     demo.set_defaults(run=_demo)
@@ -232,6 +247,7 @@ def _generate(args: argparse.Namespace) -> None:
                       adapter=models.adapter if styles is not None else None,
                       styles=None if styles is None else styles.expand(len(names), -1),
                       strength=_strength(args), weights=args.preset, start=args.start, end=args.end)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid(images, len(args.names), scale=args.zoom)).save(args.out)
     if styles is not None:
         print("components: " + ", ".join(f"{v:.2f}" for v in styles.tolist()))
@@ -252,8 +268,8 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
     gen.add_argument("--end", type=float, default=1.0, help="style off from this fraction of the steps")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--n", type=positive_int, default=4, help="images per name")
-    gen.add_argument("--steps", type=positive_int, default=20)
-    gen.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
+    gen.add_argument("--steps", type=sampler_steps, default=20)
+    gen.add_argument("--guidance", type=finite_float, default=4.0, help="classifier-free guidance scale")
     gen.add_argument("--zoom", type=positive_int, default=2, help="pixel zoom of the output")
     gen.add_argument("--models", help=MODELS_HELP)
     gen.add_argument("--out", type=_image_file, default="style_components_generate.png")
@@ -281,4 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StyleComponentsError, OSError) as e:
         print(f"style-components: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: no traceback (files are written whole or not at all)
+        print("style-components: interrupted", file=sys.stderr)
+        return 130
     return 0

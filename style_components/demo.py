@@ -42,8 +42,17 @@ class DemoModels:
         self.space = StyleSpace.load(self.folder / "icon_style_space.safetensors")
 
     def references(self) -> dict[str, list[Path]]:
+        """references/THEME/*.png (any case of .png), one column per theme; hidden folders skipped."""
         root = self.folder / "references"
-        return {d.name: sorted(d.glob("*.png")) for d in sorted(root.iterdir()) if d.is_dir()} if root.is_dir() else {}
+        if not root.is_dir():
+            print(f"note: {root} not found: no reference style columns")
+            return {}
+        themes = {}
+        for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            themes[d.name] = sorted(p for p in d.iterdir() if p.suffix.lower() == ".png" and p.is_file())
+            if not themes[d.name]:
+                raise UsageError(f"{d}: no .png reference icons in this theme folder")
+        return themes
 
     def components_of(self, images: Sequence) -> torch.Tensor:
         """Style components of reference images (their mean embedding), as the UI's Extract does."""

@@ -119,20 +119,60 @@ class IconWorld(nn.Module):
 
     @classmethod
     def load(cls, path, parts: Sequence[str] = ("autoencoder", "unet", "text")) -> "IconWorld":
-        """Load a world file; `parts` it must contain (an autoencoder-only file has just that)."""
+        """Load a world file; `parts` it must contain (an autoencoder-only file has just that).
+
+        The metadata is checked first, and the model built on the meta device and compared with
+        the file's tensors before a byte is allocated: a config from the file could ask for any size."""
         tensors, meta = files.read(path, FORMAT)
-        world = cls(files.json_field(path, meta, "vocab", []), float(meta.get("latent_scale", 1.0)),
-                    files.json_field(path, meta, "unet"), files.json_field(path, meta, "autoencoder"))
-        expected = {k: v for k, v in world.state_dict().items() if k.split(".", 1)[0] in parts}
+        args = _checked_meta(path, meta)
+        try:
+            with torch.device("meta"):
+                skeleton = cls(*args)
+        except (TypeError, ValueError, KeyError, AssertionError, ZeroDivisionError) as e:
+            raise ModelFileError(path, f"its 'unet' and 'autoencoder' configs do not build a model ({e})") from None
+        expected = {k: v for k, v in skeleton.state_dict().items() if k.split(".", 1)[0] in parts}
         for key, value in expected.items():
             files.require(path, tensors, key, tuple(value.shape), floating=value.is_floating_point())
-        extra = sorted(set(tensors) - set(world.state_dict()))
+        extra = sorted(set(tensors) - set(skeleton.state_dict()))
         if extra:
             raise ModelFileError(path, "unexpected tensor (not part of this model)", extra[0])
+        world = cls(*args)
         world.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()},
                               strict=False)
         world.meta = meta
         return world.eval().requires_grad_(False)
+
+
+def _checked_meta(path, meta: dict) -> tuple:
+    """(vocab, latent_scale, unet config, autoencoder config) from a world file's metadata, each
+    checked: the configs have this version's keys, with values of the defaults' types; the
+    sampler is the one `generate` draws with."""
+    import math
+    vocab = files.json_field(path, meta, "vocab")
+    if not isinstance(vocab, list) or not all(isinstance(w, str) for w in vocab):
+        raise ModelFileError(path, "metadata entry 'vocab' must be a list of words")
+    try:
+        scale = float(meta.get("latent_scale", "1"))
+    except ValueError:
+        scale = math.nan
+    if not (math.isfinite(scale) and scale > 0):
+        raise ModelFileError(path, f"metadata entry 'latent_scale' must be a positive number, not {meta.get('latent_scale')!r}")
+    configs = []
+    for entry, default in (("unet", UNET), ("autoencoder", AUTOENCODER)):
+        config = files.json_field(path, meta, entry)
+        if not isinstance(config, dict) or set(config) != set(default) or any(
+                type(config[k]) is not type(v) or (type(v) is list and len(config[k]) != len(v)) for k, v in default.items()):
+            raise ModelFileError(path, f"metadata entry {entry!r} is not a config of this version's model "
+                                       f"(keys {sorted(default)}, of the defaults' types)")
+        configs.append(config)
+    unet, autoencoder = configs
+    latent = IMAGE_SIZE // 2 ** (len(autoencoder["block_out_channels"]) - 1)
+    if autoencoder["sample_size"] != IMAGE_SIZE or unet["image_size"] != latent:
+        raise ModelFileError(path, f"its configs draw {autoencoder['sample_size']} px icons from "
+                                   f"{unet['image_size']} px latents; this version's world is {IMAGE_SIZE} px from {latent}")
+    if "scheduler" in meta and files.json_field(path, meta, "scheduler") != SCHEDULER:
+        raise ModelFileError(path, f"metadata entry 'scheduler' differs from the sampler this version draws with ({SCHEDULER})")
+    return vocab, scale, *configs
 
 
 def find(path=None) -> Path:

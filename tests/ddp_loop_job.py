@@ -34,3 +34,7 @@ train("schedule", 10, 0)
 # rank 0's clock says the time is up after the first step, rank 1's never does
 record["stopped_at"] = train("stop", 10, 1e-9 if rank == 0 else 1e6)
 (out / f"rank{rank}.json").write_text(json.dumps(record))
+# leave together, the process group closed: a process exiting while gloo's threads still run
+# can abort ("terminate called without an active exception"), seen once on a loaded machine
+accelerator.wait_for_everyone()
+torch.distributed.destroy_process_group()

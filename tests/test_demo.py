@@ -218,3 +218,46 @@ def test_wrong_demo_and_generate_arguments_are_one_line(argv, message, tmp_path,
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_generate_writes_into_a_new_folder_and_ctrl_c_is_one_line(tmp_path, capsys, monkeypatch):
+    """Found in review: `generate --out results/a.png` failed after generating when results/ did not
+    exist; Ctrl-C printed a 75-line traceback."""
+    out = tmp_path / "results" / "a.png"
+    assert cli.main(["generate", "folder", "--n", "1", "--steps", "1", "--out", str(out)]) == 0 and out.exists()
+    import style_components.generate as gen_module
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(gen_module, "generate", interrupted)
+    capsys.readouterr()
+    assert cli.main(["generate", "folder", "--n", "1", "--steps", "1", "--out", str(tmp_path / "b.png")]) == 130
+    assert capsys.readouterr().err == "style-components: interrupted\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "folder", "--guidance", "nan"], "argument --guidance: nan is not a finite number"),
+    (["generate", "folder", "--steps", "2000"], "argument --steps: 2000: at most 1000"),
+])
+def test_sampler_arguments_a_model_cannot_take_are_refused(argv, message, capsys):
+    """Found in review: --guidance nan drew a black image with exit 0; --steps 2000 ran every step, then crashed."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_reference_folders_read_as_a_user_lays_them_out(tmp_path, capsys):
+    """Found in review: a hidden folder (.ipynb_checkpoints) became a column and, empty, stopped the
+    demo with "no images given"; icons named *.PNG were not read."""
+    import shutil
+    folder = tmp_path / "models"
+    shutil.copytree(DEMO_DIR, folder, ignore=shutil.ignore_patterns("references", "*.png", "*.json", "*.md", "atlas"))
+    theme = next(p for p in (DEMO_DIR / "references").iterdir() if p.is_dir())
+    (folder / "references" / theme.name).mkdir(parents=True, exist_ok=True)
+    for i, png in enumerate(sorted(theme.glob("*.png"))):
+        shutil.copy(png, folder / "references" / theme.name / f"icon{i}.PNG")
+    (folder / "references" / ".ipynb_checkpoints").mkdir()
+    assert list(DemoModels(folder).references()) == [theme.name]
+    (folder / "references" / "empty-theme").mkdir()
+    with pytest.raises(ValueError, match="empty-theme: no .png reference icons"):
+        DemoModels(folder).references()

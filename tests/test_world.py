@@ -72,6 +72,36 @@ def test_broken_files_are_named(world, tmp_path):
         world_lib.IconWorld.load(tmp_path / "other.safetensors")
 
 
+@pytest.mark.parametrize("change, message", [
+    # found in review: each was a traceback, a black image with exit 0, or hundreds of GB asked for
+    ({"latent_scale": "abc"}, "'latent_scale' must be a positive number"),
+    ({"latent_scale": "NaN"}, "'latent_scale' must be a positive number"),
+    ({"latent_scale": "0"}, "'latent_scale' must be a positive number"),
+    ({"unet": {"bogus": 1}}, "'unet' is not a config of this version's model"),
+    ({"unet": [1, 2]}, "'unet' is not a config of this version's model"),
+    ({"unet": {"model_channels": 4096}}, r"shape \[128, 32\] where \[16384, 4096\]"),  # compared on the meta device first
+    ({"unet": {"image_size": 16}}, "32 px icons from 16 px latents"),
+    ({"vocab": None}, "'vocab' must be a list of words"),
+    ({"scheduler": {"prediction_type": "epsilon"}}, "'scheduler' differs"),
+])
+def test_metadata_that_would_build_another_model_is_refused(world, tmp_path, change, message):
+    import json
+    from style_components import files
+    world.save(tmp_path / "w.safetensors")
+    tensors, meta = files.read(tmp_path / "w.safetensors")
+    for key, value in change.items():
+        if value is None:
+            meta.pop(key)
+        elif isinstance(value, dict) and key in ("unet", "scheduler"):
+            old = json.loads(meta[key])
+            meta[key] = json.dumps({**old, **value} if "bogus" not in value else value)
+        else:
+            meta[key] = value if isinstance(value, str) else json.dumps(value)
+    files.write(tmp_path / "bad.safetensors", tensors, meta)
+    with pytest.raises(ModelFileError, match=message):
+        world_lib.IconWorld.load(tmp_path / "bad.safetensors")
+
+
 def test_pixels_round_trip():
     import numpy as np
     images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
