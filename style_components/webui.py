@@ -135,19 +135,25 @@ def begin_pass(p, x=None) -> bool:
 
     A1111 only logs what a script hook raises; an error is raised from the sampler instead, so
     that the generation stops with the message rather than making an unstyled image."""
-    error = getattr(p, ERROR_ATTR, None)
-    gen: Generation | None = getattr(p, ATTR, None)
-    if not error and gen is not None:
-        try:
-            return _start_pass(p, gen, x)
-        except Exception as e:
-            gen.end_pass()
-            error = f"Style Components: {_describe(e)}"
+    styled, error = _try_pass(p, x)
     if error:
         def fail():
             raise StyleComponentsError(error)
         wrap_sampling(p.sampler, SAMPLER_METHODS, fail, lambda: None)
-    return False
+    return styled
+
+
+def _try_pass(p, x) -> tuple[bool, str | None]:
+    """Begin the job's pass: (styled, None), or (False, the error to stop the generation with)."""
+    error = getattr(p, ERROR_ATTR, None)
+    gen: Generation | None = getattr(p, ATTR, None)
+    if not error and gen is not None:
+        try:
+            return _start_pass(p, gen, x), None
+        except Exception as e:
+            gen.end_pass()
+            error = f"Style Components: {_describe(e)}"
+    return False, error
 
 
 def _start_pass(p, gen: Generation, x) -> bool:
@@ -190,16 +196,9 @@ def _begin_unannounced_pass(p, gen: Generation | None) -> bool:
 
     The job's error, if any, is raised from the UNet call the step is about to make: A1111 only
     logs what a callback raises. (Once a pass ends, no denoiser call comes before the next one.)"""
-    error = getattr(p, ERROR_ATTR, None)
-    if not error and gen is not None:
-        try:
-            _start_pass(p, gen, None)
-            return True
-        except Exception as e:
-            gen.end_pass()
-            error = f"Style Components: {_describe(e)}"
+    _, error = _try_pass(p, None)
     if not error:
-        return False
+        return gen is not None
     setattr(p, ERROR_ATTR, None)  # raised once
 
     def fail(*_):
