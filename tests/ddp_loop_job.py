@@ -31,6 +31,14 @@ def train(name, steps, max_minutes):
 
 
 train("schedule", 10, 0)
+# the encoder trainer's global batch: the gathered embeddings must still carry this process's gradient
+from style_components.train.fit import gather_keeping_grad  # noqa: E402
+from style_components.train.supcon import supcon_loss  # noqa: E402
+local = torch.randn(3, 2, 4, generator=torch.Generator().manual_seed(rank), requires_grad=True)
+whole = gather_keeping_grad(accelerator, local)
+supcon_loss(whole, accelerator.gather(torch.tensor([0, 1, rank]))).backward()
+record["gathered"] = {"shape": list(whole.shape), "own_part_is_local": bool(torch.equal(whole[3 * rank:3 * rank + 3], local)),
+                      "grad_norm": float(local.grad.norm())}
 # rank 0's clock says the time is up after the first step, rank 1's never does
 record["stopped_at"] = train("stop", 10, 1e-9 if rank == 0 else 1e6)
 (out / f"rank{rank}.json").write_text(json.dumps(record))

@@ -53,3 +53,11 @@ def test_each_process_follows_the_one_process_schedule(two_processes):
 def test_processes_stop_together_on_max_minutes(two_processes):
     """The main process decides; a process stopping alone leaves the others waiting in an all-reduce."""
     assert [rank["stopped_at"] for rank in two_processes] == [1, 1]
+
+
+def test_the_encoders_global_batch_keeps_each_processs_gradient(two_processes):
+    """Found in review: `train` on two processes gathered the embeddings with accelerate's gather,
+    which is not differentiable: the loss had no grad_fn and the first step raised."""
+    for rank, record in enumerate(two_processes):
+        got = record["gathered"]
+        assert got["shape"] == [6, 2, 4] and got["own_part_is_local"] and got["grad_norm"] > 0, rank

@@ -46,6 +46,15 @@ def export(model, path, kwargs: dict, name: str, fp16: bool = True, size: int = 
     Extractor.save(model, path, encoder.ARCHITECTURE, kwargs, config.preprocess_name(size), name=name)
 
 
+def gather_keeping_grad(accelerator, x: torch.Tensor) -> torch.Tensor:
+    """Every process's x, concatenated, with this process's own part still carrying its gradient
+    (all_gather is not differentiable: the loss on the gathered batch would have no grad_fn).
+    Each process's gradient then flows through its own part, as in SimCLR/SupCon's multi-GPU code."""
+    gathered = accelerator.gather(x.detach())
+    n, r = x.shape[0], accelerator.process_index
+    return torch.cat([gathered[: r * n], x, gathered[(r + 1) * n:]])
+
+
 def train(args: argparse.Namespace) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -76,7 +85,7 @@ def train(args: argparse.Namespace) -> dict:
         emb = model(views.flatten(0, 1)).view(len(idx), 2, -1)
         y = labels[idx].to(accelerator.device)
         if accelerator.num_processes > 1:       # SupCon contrasts the whole global batch
-            emb, y = accelerator.gather(emb), accelerator.gather(y)
+            emb, y = gather_keeping_grad(accelerator, emb), accelerator.gather(y)
         return supcon_loss(emb, y, args.temperature)
 
     def held_out_top1(model) -> float:
