@@ -204,7 +204,8 @@ def _finite(value) -> float | None:
 
 def _show(value) -> str:
     """A value for a message, cut short (an API caller may send megabytes)."""
-    text = repr(value) if not (type(value) is int and value.bit_length() > 64) else f"an int of {len(str(value))} digits"
+    # (an int's digits are not counted: str() refuses ints of over 4300 digits)
+    text = repr(value) if not (type(value) is int and value.bit_length() > 64) else f"an int of {value.bit_length()} bits"
     return text if len(text) <= 60 else text[:57] + "..."
 
 

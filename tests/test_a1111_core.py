@@ -292,10 +292,11 @@ def test_positional_round_trip_through_params():
 
 @pytest.mark.parametrize("args, message", [
     # an int too large for a float was an OverflowError, not an argument error
-    ([{"strength": 10 ** 400}], "strength: expected a finite number, got an int of 401 digits"),
-    ([{"seed": 10 ** 400, "random": True}], "seed: expected a whole number, got an int of 401 digits"),
-    ([{"components": [10 ** 400]}], "components: value 1 is an int of 401 digits"),
-    ([{"ref_weights": [1, 10 ** 400]}], "ref_weights: an int of 401 digits is not a finite number"),
+    ([{"strength": 10 ** 400}], "strength: expected a finite number, got an int of 1329 bits"),
+    ([{"strength": 10 ** 5000}], "strength: expected a finite number, got an int of 16610 bits"),  # str() refuses it
+    ([{"seed": 10 ** 400, "random": True}], "seed: expected a whole number, got an int of 1329 bits"),
+    ([{"components": [10 ** 400]}], "components: value 1 is an int of 1329 bits"),
+    ([{"ref_weights": [1, 10 ** 400]}], "ref_weights: an int of 1329 bits is not a finite number"),
     # text numbers as strictly as the infotext reads them: '1_0' is not 10, nor a non-ASCII digit 1
     ([{"ref_weights": "1_0"}], "ref_weights: '1_0' is not a finite number"),
     ([{"block_weights": "\u0661", "blocks": "custom"}], "block_weights: '\u0661' is not a finite number"),
