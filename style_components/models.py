@@ -81,12 +81,13 @@ def space_layout(path) -> tuple[int, tuple[str, ...]] | None:
     return k, tuple(str(label) for label in labels)
 
 
-def classify(path) -> tuple[str | None, str]:
+def classify(path, header: dict | None = None) -> tuple[str | None, str]:
     """(kind, model name) of a file: kind from metadata, else from its tensors (an adapter's
-    IP-Adapter layout), else from the name; None if none says. The name drops only its kind's word."""
+    IP-Adapter layout), else from the name; None if none says. The name drops only its kind's word.
+    `header`: the file's, when already read."""
     path = Path(path)
     stem = path.name[: -len(".safetensors")] if path.name.endswith(".safetensors") else path.stem
-    header = read_header(path)
+    header = read_header(path) if header is None else header
     kind = FORMATS.get(_metadata(header).get("format", "")) or ("adapter" if _adapter_input(header) else None)
     for name_kind, pattern in _NAME_KIND:
         m = pattern.match(stem)
@@ -104,11 +105,12 @@ def _adapter_input(header: dict) -> int | None:
         return None
 
 
-def _space_size(header: dict) -> int | None:
-    """A style space's embedding size D from its header."""
+def _space_shape(header: dict) -> tuple[int, int] | None:
+    """A style space's (K, D) from its header."""
     try:
-        return int(header["components"]["shape"][1])
-    except (KeyError, IndexError, TypeError, ValueError):
+        k, d = header["components"]["shape"]
+        return int(k), int(d)
+    except (KeyError, TypeError, ValueError):
         return None
 
 
@@ -161,9 +163,10 @@ def scan(folders: Iterable) -> dict[str, ModelInfo]:
         if not folder.is_dir():
             continue
         by_dir: dict[Path, dict[str, dict[str, Path]]] = {}
-        for path in _safetensors_files(folder):
-            kind, name = classify(path)
-            if kind == "adapter" and read_metadata(path).get("base") in NOT_FOR_WEBUI:
+        headers = {path: read_header(path) for path in _safetensors_files(folder)}  # each read once
+        for path, header in headers.items():
+            kind, name = classify(path, header)
+            if kind == "adapter" and _metadata(header).get("base") in NOT_FOR_WEBUI:
                 continue  # e.g. the demo adapter in models/demo: its base is the icon world, not SD
             if kind in KINDS:  # names pair regardless of case (Windows users do not see it)
                 by_dir.setdefault(path.parent, {k: {} for k in KINDS})[kind].setdefault(name.lower(), (name, path))
@@ -172,7 +175,7 @@ def scan(folders: Iterable) -> dict[str, ModelInfo]:
             for key, (name, adapter) in files["adapter"].items():
                 if name in models:
                     continue
-                space = files["space"].get(key, (None, None))[1] or _fitting_space(lone["space"], adapter)
+                space = files["space"].get(key, (None, None))[1] or _fitting_space(lone["space"], adapter, headers)
                 extractor = files["extractor"].get(key, (None, None))[1] or lone["extractor"]
                 models[name] = ModelInfo(name, adapter, space, extractor)
     return models
@@ -192,16 +195,13 @@ def _safetensors_files(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def _fitting_space(space: Path | None, adapter: Path) -> Path | None:
+def _fitting_space(space: Path | None, adapter: Path, headers: dict) -> Path | None:
     """A folder's lone style space serves an adapter when its D is what the adapter takes (an
     adapter of K components takes one as well: its sliders' labels), not another model's space."""
     if space is None:
         return None
-    d_in, d = _adapter_input(read_header(adapter)), _space_size(read_header(space))
-    if d_in is None or d is None or d_in == d:
-        return space
-    k = space_layout(space)
-    return space if k is not None and k[0] == d_in else None
+    d_in, shape = _adapter_input(headers[adapter]), _space_shape(headers[space])
+    return space if d_in is None or shape is None or d_in in shape else None
 
 
 @dataclass
