@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import files
@@ -34,7 +35,14 @@ class Projection(nn.Module):
         self.norm = nn.LayerNorm(cross_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.proj(x).reshape(-1, self.tokens, self.cross_dim))
+        # Functional calls, not the submodules' forward: a host may patch nn.Linear/LayerNorm.forward
+        # (A1111's manual_cast, on MPS, XPU and GTX 16xx, moves each called module to fp16 and
+        # back, which would round the adapter's weights for good).
+        for layer in self.proj if isinstance(self.proj, nn.Sequential) else (self.proj,):
+            x = F.gelu(x) if isinstance(layer, nn.GELU) else F.linear(x, layer.weight, layer.bias)
+        norm = self.norm
+        return F.layer_norm(x.reshape(-1, self.tokens, self.cross_dim), norm.normalized_shape,
+                            norm.weight, norm.bias, norm.eps)
 
 
 class LayerValues(nn.Module):
@@ -44,6 +52,13 @@ class LayerValues(nn.Module):
         super().__init__()
         self.to_v_ip = nn.Linear(cross_dim, inner_dim, bias=False)
         self.to_k_ip = nn.Linear(cross_dim, inner_dim, bias=False) if with_keys else None
+
+    # functional, as Projection.forward and for the same reason
+    def values(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.linear(tokens, self.to_v_ip.weight)
+
+    def keys(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.linear(tokens, self.to_k_ip.weight)
 
 
 class Adapter(nn.Module):

@@ -210,7 +210,7 @@ class _StyleTerm:
     """The forward hook of one attn2 layer."""
 
     def __init__(self, layer: Attn2, values, weight: float, handle: StyleHandle):
-        self.module, self.values, self.handle, self.weight = layer.module, values, handle, weight
+        self.module, self.ip, self.handle, self.weight = layer.module, values, handle, weight
         self.heads, self.scale = layer.module.heads, getattr(layer.module, "scale", None)
         self._cache: dict = {}
         self._q: tuple | None = None  # (to_q module, x, to_q(x)) of the layer's own forward
@@ -273,7 +273,7 @@ class _StyleTerm:
         recomputed on every call where W_o's version says too little (`_projection_key`).
         """
         def compute():
-            bias = lambda t: self._project(self.values.to_v_ip(t)[:, 0].to(out.device)).float()  # noqa: E731
+            bias = lambda t: self._project(self.ip.values(t)[:, 0].to(out.device)).float()  # noqa: E731
             return (self.weight * self.handle.per_style(bias, self.handle.tokens)).to(out.dtype)
         return self._cached("bias", self._projection_key(out), compute)
 
@@ -297,7 +297,7 @@ class _StyleTerm:
         call costs the scores and a [tokens x C] product per head instead of a [C x C] matmul.
         """
         tokens, each = self.handle.tokens, self.handle.per_style
-        keys = lambda: each(self.values.to_k_ip, tokens).to(out.device, out.dtype)  # noqa: E731
+        keys = lambda: each(self.ip.keys, tokens).to(out.device, out.dtype)  # noqa: E731
         values = lambda: each(lambda t: self._values_through_out(t, out.device), tokens).to(out.dtype)  # noqa: E731
         k = self._cached("keys", (out.dtype, out.device), keys)[rows]
         v = self._cached("values", self._projection_key(out), values)[rows]   # [B, heads, T, C]
@@ -313,7 +313,7 @@ class _StyleTerm:
         """[S, T, C_ctx] style tokens -> [S, heads, T, C] on `device` (the UNet's; the adapter may
         sit elsewhere): each head's V_ip rows, alone in that head's slot of the inner dimension,
         through W_o without its bias."""
-        v = self.values.to_v_ip(style_tokens).to(device)                       # [S, T, inner]
+        v = self.ip.values(style_tokens).to(device)                       # [S, T, inner]
         s, t, inner = v.shape
         d = inner // self.heads
         slots = v.new_zeros(s, self.heads, t, self.heads, d)

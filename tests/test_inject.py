@@ -441,10 +441,10 @@ def test_style_terms_are_computed_once_per_style_table(tokens, monkeypatch):
     projected, keys = [], []
     real_project = inject._StyleTerm._project
     monkeypatch.setattr(inject._StyleTerm, "_project", lambda self, v: projected.append(1) or real_project(self, v))
+    from style_components.adapter import LayerValues
+    real_keys = LayerValues.keys
+    monkeypatch.setattr(LayerValues, "keys", lambda self, t: keys.append(1) or real_keys(self, t))
     adapter = adapter_for(unet, tokens=tokens)
-    if tokens > 1:
-        for layer in find_attn2(unet):
-            adapter.layer(layer.key).to_k_ip.register_forward_hook(lambda *_: keys.append(1))
     with apply(unet, adapter, torch.randn(1, 30, generator=g), rows=cfg_rows(1)):
         for _ in range(3):
             run_diffusers(unet, inputs)
@@ -613,3 +613,23 @@ def test_style_inputs_of_the_wrong_width_are_refused(shape):
     with pytest.raises(StyleComponentsError, match=r"takes \[30\] or \[styles, 30\]"):
         apply(unet, adapter_for(unet), torch.zeros(shape))
     assert not any(m._forward_hooks for m in unet.modules())
+
+
+@pytest.mark.parametrize("tokens", [1, 4])
+def test_a1111_manual_cast_leaves_the_adapter_weights_as_loaded(tokens):
+    """Found in review: under A1111's manual_cast (MPS, XPU, GTX 16xx: tests/a1111_standin/
+    modules/devices.py mirrors it) every nn.Linear/LayerNorm called is cast to fp16 and back, so
+    the adapter's weights were rounded to fp16 for good by its first styled generation. The
+    adapter now computes functionally; the UNet's own layers are the host's business."""
+    import a1111_env
+    a1111_env.import_standin()
+    from modules import devices
+    unet = diffusers_unet(SMALL_SD1_DIFFUSERS)
+    g = torch.Generator().manual_seed(14)
+    inputs = (torch.randn(2, 4, 16, 16, generator=g), torch.full((2,), 500), torch.randn(2, 77, 64, generator=g))
+    adapter = adapter_for(unet, tokens=tokens)
+    before = {k: v.clone() for k, v in adapter.state_dict().items()}
+    assert any(not torch.equal(v, v.half().float()) for v in before.values())  # rounding would show
+    with devices.manual_cast(torch.float16), apply(unet, adapter, torch.randn(1, 30, generator=g), rows=cfg_rows(1)):
+        run_diffusers(unet, inputs)
+    assert all(torch.equal(before[k], v) for k, v in adapter.state_dict().items())
