@@ -35,9 +35,10 @@
                 if (el && key === "enabled") el = el.querySelector(".label-wrap");
                 if (el && !el.title) el.title = text;
             }
-            for (let i = 1; i <= 64; i++) {
+            for (let i = 1; ; i++) {  // sliders c1..cN, as many as the script made
                 const el = gradioApp().getElementById(`style_components_${tab}_c${i}`);
-                if (el && !el.title) el.title = `Style component ${i}: 1 = one standard deviation of the training styles.`;
+                if (!el) break;
+                if (!el.title) el.title = `Style component ${i}: 1 = one standard deviation of the training styles.`;
             }
         }
     }

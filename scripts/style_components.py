@@ -166,6 +166,9 @@ class StyleComponentsScript(scripts.Script):
             to 0: a value left there would make every generation fail ("N component values
             given, model has K") while the user cannot see it."""
             k, space = k_of(name)
+            if values is not None and len(values) > sargs.MAX_COMPONENTS:
+                raise webui.StyleComponentsError(f"{source}: {len(values)} values, the UI has {sargs.MAX_COMPONENTS} "
+                                                 f"sliders; the sliders are unchanged")
             if values is not None and len(values) > k:
                 raise webui.StyleComponentsError(f"{source}: {len(values)} values, style model {name!r} "
                                                  f"has {k} components; the sliders are unchanged")
@@ -210,6 +213,10 @@ class StyleComponentsScript(scripts.Script):
             progress(0.4, desc="Extracting style")
             params = webui._from_references(parsed.params, loaded, parsed, load_extractor)
             values = list(params.components)
+            if len(values) > sargs.MAX_COMPONENTS:
+                raise webui.StyleComponentsError(
+                    f"style model {name!r} has {len(values)} components, the UI has {sargs.MAX_COMPONENTS} sliders: "
+                    f"leave the images in the box instead (they decide each generation's style)")
             # the box is emptied: images left in it would decide the style and the sliders go unread
             return [f"Extracted from {len(parsed.ref_images)} image(s): the sliders hold their style.",
                     gr.update(value=None), note or webui.reference_note(files)] + [
@@ -274,9 +281,9 @@ def slider_layout(name):
     for an initial value); (XYZ_COMPONENTS, ()) when that does not say."""
     info = registry.find(name) if name else None
     layout = models.space_layout(info.space) if info is not None and info.space is not None else None
-    if layout is None or layout[0] > sargs.MAX_COMPONENTS:
+    if layout is None:
         return XYZ_COMPONENTS, ()
-    return layout
+    return min(layout[0], sargs.MAX_COMPONENTS), layout[1]
 
 
 def presets_folder():

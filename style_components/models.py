@@ -34,7 +34,7 @@ _NAME_KIND = [(kind, re.compile(rf"^(?P<name>.+?)[._-]?(?:style[._-]?)?(?:{words
               for kind, words in _KIND_WORDS] + \
              [(kind, re.compile(rf"^(?:{words})[._-]+(?:style[._-]+)?(?P<name>.+)$", re.I)) for kind, words in _KIND_WORDS]
 _MAX_HEADER = 100 << 20
-MAX_SLIDERS = 64  # an adapter input wider than this is an embedding: it needs its style space
+MAX_COMPONENT_INPUT = 64  # an adapter input wider than this is an embedding: it needs its style space
 
 
 # adapters whose metadata names a base model the WebUI cannot load
@@ -289,7 +289,7 @@ class Registry:
                 self.loaded = None
                 info.hash  # of the file as loaded (the infotext's record), not as it may be later
                 adapter = Adapter.load(info.adapter)
-                if info.space is None and adapter.d_in > MAX_SLIDERS:
+                if info.space is None and adapter.d_in > MAX_COMPONENT_INPUT:
                     raise StyleComponentsError(
                         f"style model {name!r}: its adapter takes {adapter.d_in}-d embeddings and no style space "
                         f"was found beside it (put it in {info.adapter.parent} as {name}.space.safetensors)")

@@ -19,11 +19,12 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
-from .models import MAX_SLIDERS
 from .params import BLOCK_PRESETS, SEED_PER_IMAGE, StyleParams, format_number, is_number_text
 from .session import ArgumentError
 
-MAX_COMPONENTS = MAX_SLIDERS
+# sliders in the UI: as many as the original author's Forge extension has (its SDXL style space
+# holds 100 components); a model with more takes the rest from reference images or a random draw
+MAX_COMPONENTS = 200
 INFOTEXT_KEY = "Style components"
 
 # (name, default, kind) in positional order, before the components

@@ -268,9 +268,10 @@ def test_defaults_parse_to_disabled_default_params():
 
 
 def test_an_infotext_with_more_components_than_sliders_pastes_with_a_problem():
-    controls, problems = sargs.controls_from_infotext("components: " + "0.1 " * 65 + "0.5")
-    assert controls["c64"] == 0.1 and controls["enabled"] is True
-    assert problems == ["66 components, the UI has 64 sliders: the last 2 are not restored"]
+    n = sargs.MAX_COMPONENTS
+    controls, problems = sargs.controls_from_infotext("components: " + "0.1 " * (n + 1) + "0.5")
+    assert controls[f"c{n}"] == 0.1 and controls["enabled"] is True
+    assert problems == [f"{n + 2} components, the UI has {n} sliders: the last 2 are not restored"]
 
 
 def test_the_switch_is_read_on_its_own():

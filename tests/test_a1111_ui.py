@@ -47,7 +47,7 @@ def test_send_to_img2img_copies_every_control(module):
     assert len(inputs) == len(outputs) == sargs.N_ARGS - 1
     strip = lambda c: c.elem_id.split("2img_", 1)[1]
     assert [strip(c) for c in inputs] == [strip(c) for c in outputs]
-    assert inputs[0].elem_id.startswith("style_components_txt2img_enabled") and outputs[-1].elem_id.endswith("img2img_c64")
+    assert inputs[0].elem_id.startswith("style_components_txt2img_enabled") and outputs[-1].elem_id.endswith(f"img2img_c{sargs.MAX_COMPONENTS}")
 
 
 def test_settings_offer_choices_not_free_text(module):
@@ -64,7 +64,7 @@ def test_settings_offer_choices_not_free_text(module):
 
 
 def test_every_accordion_control_has_a_tooltip(module):
-    """javascript/style_components.js titles each control by elem_id (sliders c1..c64 in a loop)."""
+    """javascript/style_components.js titles each control by elem_id (sliders c1..cN in a loop)."""
     import re
     from pathlib import Path
     script = module.StyleComponentsScript()
@@ -110,7 +110,7 @@ def test_import_export_round_trip_and_zero(callbacks):
     text = callbacks["on_export"]("demo", False, -1, *values)
     assert text.split() == ["0.5", "-1.25", "2"] + ["0"] * 27  # the model's K values
     assert [u["value"] for u in callbacks["on_import"]("demo", text)] == values
-    exact = [0.7234612703323364, -1.2345678, 123.456789] + [0.0] * 61  # Extract's values: not cut to 6 digits
+    exact = [0.7234612703323364, -1.2345678, 123.456789] + [0.0] * (sargs.MAX_COMPONENTS - 3)  # Extract's values: not cut to 6 digits
     assert [u["value"] for u in callbacks["on_import"]("demo", callbacks["on_export"]("demo", False, -1, *exact))] == exact
     assert callbacks["on_zero"]() == [False] + [0.0] * sargs.MAX_COMPONENTS
 
@@ -216,7 +216,7 @@ def two_models(tmp_path):
 
 
 def test_import_fits_the_selected_model(two_models):
-    """Found in review: Import filled all 64 sliders, also those hidden beyond the model's K, and
+    """Found in review: Import filled all the sliders, also those hidden beyond the model's K, and
     every generation then failed ("30 component values given, model 'm' has 16")."""
     with pytest.raises(gr.Error, match="Import: 30 values, style model 'm' has 16 components"):
         two_models["on_import"]("m", " ".join(["1"] * 30))
@@ -226,7 +226,7 @@ def test_import_fits_the_selected_model(two_models):
 
 
 def test_a_preset_switches_to_its_model_and_fits_it(two_models, tmp_path, monkeypatch):
-    """Found in review: a preset filled all 64 sliders whatever model it was built for."""
+    """Found in review: a preset filled all the sliders whatever model it was built for."""
     from style_components import presets
     folder = tmp_path / "presets"
     presets.save(folder, "wide style", [0.5] * 30, model="wide")
@@ -244,3 +244,47 @@ def test_a_preset_switches_to_its_model_and_fits_it(two_models, tmp_path, monkey
         on_preset("any model", "m")
     with pytest.raises(gr.Error, match="built for style model 'gone', which is not installed"):
         on_preset("lost", "m")
+
+
+def test_a_space_of_100_components_gets_100_sliders(tmp_path):
+    """Found in review: the original author's SDXL style space holds 100 components (their
+    ComfyUI nodes and the Forge extension's 200 sliders), but the UI had 64 sliders: the page
+    showed 30, Extract and Import kept 64 values silently, the API refused the model's own K and
+    a pasted random style lost 36 values. A model wider than the UI is refused where it would be
+    cut, never cut silently."""
+    import torch
+    from factories import adapter_for
+    from unets import ldm_unet
+    folder, unet = tmp_path / "StyleComponents", ldm_unet(device="meta")
+    for name, k in (("xl100", 100), ("huge", sargs.MAX_COMPONENTS + 10)):
+        adapter_for(unet, d_in=256, hidden=None).save(folder / f"{name}.adapter.safetensors")
+        a1111_env.make_space(k, 256).save(folder / f"{name}.space.safetensors")
+    module = a1111_env.load_script(tmp_path)
+    with gr.Blocks() as demo:
+        controls = module.StyleComponentsScript().ui(False)
+    handlers = {f.fn.__name__: f.fn for f in demo.fns if f.fn is not None}
+    assert module.registry.names() == ["huge", "xl100"]
+    sliders = controls[sargs.ALL_NAMES.index("c1"):]
+    assert sum(s.visible for s in sliders) == sargs.MAX_COMPONENTS  # 'huge' first: as many as there are
+    values = [round(0.01 * i, 2) for i in range(100)]
+    updates = handlers["on_import"]("xl100", " ".join(map(str, values)))
+    assert [u["value"] for u in updates][:100] == values and [u["visible"] for u in updates].count(True) == 100
+    parsed = sargs.parse([{"model": "xl100", "components": values}])  # the API takes the model's K
+    assert parsed.params.components == tuple(values)
+    controls_, problems = sargs.controls_from_infotext(f"model: xl100, components: {' '.join(map(str, values))}")
+    assert problems == [] and [controls_[f"c{i + 1}"] for i in range(100)] == values
+
+    class FakeExtractor:
+        def embed(self, images, weights):
+            return torch.zeros(256)
+    module.load_extractor = lambda path: FakeExtractor()
+    from PIL import Image
+    from style_components import files
+    Image.new("RGB", (8, 8)).save(tmp_path / "ref.png")
+    files.write(folder / "huge.extractor.safetensors", {"x": torch.zeros(1)}, {"format": "style-components-extractor"})
+    module.registry.refresh()
+    with pytest.raises(gr.Error, match=f"has {sargs.MAX_COMPONENTS + 10} components, the UI has "
+                                       f"{sargs.MAX_COMPONENTS} sliders: leave the images in the box"):
+        handlers["on_extract"]("huge", [str(tmp_path / "ref.png")], "", "", progress=lambda *a, **k: None)
+    with pytest.raises(gr.Error, match=f"Import: {sargs.MAX_COMPONENTS + 1} values, the UI has"):
+        handlers["on_import"]("huge", " ".join(["1"] * (sargs.MAX_COMPONENTS + 1)))
