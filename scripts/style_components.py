@@ -9,6 +9,7 @@ import functools
 import importlib.util
 import os
 import sys
+import threading
 
 EXT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if EXT_DIR not in sys.path:
@@ -54,20 +55,40 @@ _extractors = {}
 
 
 def load_extractor(path):
-    """Extractor on the device/precision chosen in settings, cached per file."""
+    """Extractor on the device/precision chosen in settings, cached per file. 'auto' is the
+    WebUI's device; while the checkpoint runs in low-VRAM mode (--lowvram, --medvram, SDXL under
+    --medvram-sdxl) the extractor waits on the CPU and visits that device for each extraction,
+    as A1111 does with its own models."""
     import torch
     from style_components.extract import Extractor
-    device = _opt("style_components_extractor_device", "auto")
+    device, visit = _opt("style_components_extractor_device", "auto"), None
     if device == "auto":
         from modules import devices
         device = devices.device or ("cuda" if torch.cuda.is_available() else "cpu")  # the WebUI's own
+        if getattr(shared.sd_model, "lowvram", False) and torch.device(device).type != "cpu":
+            device, visit = "cpu", device
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(_opt("style_components_extractor_precision", "fp32"),
                                                                 torch.float32)
     key = (str(path), device, dtype)
     if key not in _extractors:
         _extractors.clear()
         _extractors[key] = Extractor.load(path, device=device, dtype=dtype)
-    return _extractors[key]
+    return _extractors[key] if visit is None else Visiting(_extractors[key], visit)
+
+
+class Visiting:
+    """An extractor that runs on `device` and goes back to the CPU after each extraction."""
+    _lock = threading.Lock()  # the UI and the API may extract at once: one visit at a time
+
+    def __init__(self, extractor, device):
+        self.extractor, self.device = extractor, device
+
+    def embed(self, images, weights=None):
+        with self._lock:
+            try:
+                return self.extractor.to(self.device).embed(images, weights)
+            finally:
+                self.extractor.to("cpu")
 
 
 def release_models():

@@ -77,6 +77,37 @@ def test_the_auto_extractor_device_is_the_webuis(env, monkeypatch):
         env["module"]._extractors.clear()
 
 
+def test_in_low_vram_mode_the_extractor_waits_on_the_cpu(env, monkeypatch):
+    """Found in review: under --lowvram/--medvram (modules/lowvram.py sets sd_model.lowvram) A1111
+    keeps its models off the GPU between uses, but the extractor stayed on it for the session."""
+    from pathlib import Path
+    from types import SimpleNamespace
+    from PIL import Image
+    from modules import devices, shared
+    from style_components.extract import Extractor
+    moves = []
+
+    def to(self, device=None, dtype=None):  # recorded, not made: there is no GPU here
+        moves.append(str(device))
+        self.device = torch.device(device)
+        return self
+    monkeypatch.setattr(Extractor, "to", to)
+    monkeypatch.setattr(devices, "device", torch.device("meta"))  # stands for the GPU
+    monkeypatch.setattr(shared, "sd_model", SimpleNamespace(lowvram=True))
+    path = Path(__file__).parents[1] / "models" / "demo" / "icon_style_extractor.safetensors"
+    env["module"]._extractors.clear()
+    try:
+        visiting = env["module"].load_extractor(path)
+        assert visiting.extractor.device == torch.device("cpu")
+        monkeypatch.setattr(Extractor, "embed", lambda self, images, weights=None: (self.device, images))
+        assert visiting.embed(["img"]) == (torch.device("meta"), ["img"])  # it ran on the WebUI's device
+        assert visiting.extractor.device == torch.device("cpu") and moves == ["meta", "cpu"]
+        monkeypatch.setattr(shared, "sd_model", SimpleNamespace(lowvram=False))
+        assert env["module"].load_extractor(path).device == torch.device("meta")  # resident again
+    finally:
+        env["module"]._extractors.clear()
+
+
 def test_a_failure_when_hooking_the_unet_stops_the_generation_and_leaves_no_trace(env, monkeypatch):
     """A1111 only logs what process_before_every_sampling raises: the style error must come from
     the sampler instead, or the user gets an unstyled image whose infotext claims the style."""
