@@ -305,7 +305,8 @@ class _StyleTerm:
         q = q.reshape(b, n, self.heads, inner // self.heads).transpose(1, 2)   # [B, heads, N, d]
         k = k.reshape(b, -1, self.heads, inner // self.heads).transpose(1, 2)  # [B, heads, T, d]
         scale = self.scale if self.scale is not None else q.shape[-1] ** -0.5
-        probs = ((q * scale) @ k.transpose(-1, -2)).softmax(-1)                # [B, heads, N, T]
+        # scores in fp32 (T is small): fp16 scores overflow where the host upcasts its own (upcast_attn)
+        probs = ((q.float() * scale) @ k.float().transpose(-1, -2)).softmax(-1).to(q.dtype)  # [B, heads, N, T]
         # one matmul over (head, token) pairs: [B, N, heads*T] @ [B, heads*T, C]
         return self.weight * (probs.transpose(1, 2).reshape(b, n, -1) @ v.flatten(1, 2)).to(out.dtype)
 
@@ -335,11 +336,18 @@ def _finite_number(value, what: str) -> float:
     return number
 
 
+def _described(layers: list[Attn2]) -> str:
+    from .adapter import ARCHS
+    if len(layers) in ARCHS:
+        return f"is {ARCHS[len(layers)].upper()} ({len(layers)})"
+    return f"has {len(layers)} (another architecture; the SDXL refiner has 44)"
+
+
 def _check_fits(adapter: Adapter, layers: list[Attn2]) -> None:
     if adapter.n_layers != len(layers):
         raise IncompatibleModelError(
             f"adapter {adapter.name!r} is for {adapter.arch.upper()} ({adapter.n_layers} cross-attention layers); "
-            f"this UNet is {arch(layers).upper()} ({len(layers)}): choose a matching model")
+            f"this UNet {_described(layers)}: choose a matching model")
     for layer in layers:
         to_v = layer.module.to_v.weight
         want = adapter.layer(layer.key).to_v_ip.weight.shape

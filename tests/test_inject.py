@@ -251,7 +251,7 @@ def test_lora_style_in_place_weight_change_is_followed(sd15_ldm, plain):
         with apply(sd15_ldm, adapter, styles, rows=rows):
             run_ldm(sd15_ldm, inputs)  # caches the term with the old W_o
             with torch.no_grad():
-                out_proj.weight.mul_(1.5)
+                out_proj.weight.mul_(60000.0)
             got = run_ldm(sd15_ldm, inputs)
         want = expected(sd15_ldm, run_ldm, inputs, adapter, styles, rows)
     finally:
@@ -267,6 +267,12 @@ def test_mismatched_adapter_is_refused_with_a_clear_message(sd15_ldm):
     small = diffusers_unet(SMALL_SD1_DIFFUSERS, device="meta")
     with pytest.raises(IncompatibleModelError, match="another base model"):
         apply(sd15_ldm, adapter_for(small), torch.randn(1, 30))
+    # found in review: a UNet of no known layout was called "11-LAYER (11)"
+    from unets import ldm_unet
+    other = ldm_unet(device="meta", attention_resolutions=[2, 1])
+    with pytest.raises(IncompatibleModelError, match=r"for SD1 \(16 cross-attention layers\); this UNet has 11 "
+                                                     r"\(another architecture; the SDXL refiner has 44\)"):
+        apply(other, adapter_for(sd15_ldm), torch.randn(1, 30))
 
 
 def run_diffusers(unet, inputs):
@@ -633,3 +639,23 @@ def test_a1111_manual_cast_leaves_the_adapter_weights_as_loaded(tokens):
     with devices.manual_cast(torch.float16), apply(unet, adapter, torch.randn(1, 30, generator=g), rows=cfg_rows(1)):
         run_diffusers(unet, inputs)
     assert all(torch.equal(before[k], v) for k, v in adapter.state_dict().items())
+
+
+def test_multi_token_scores_do_not_overflow_in_half_precision():
+    """Found in review: the style's attention scores were computed in the UNet's dtype, where
+    fp16 overflows (A1111 upcasts its own scores for that, opts.upcast_attn); T is small, so
+    they are now computed in fp32. Large queries and style keys stand for scores that overflow
+    while the UNet's own output stays finite."""
+    unet = diffusers_unet(SMALL_SD1_DIFFUSERS).half()
+    g = torch.Generator().manual_seed(15)
+    inputs = (torch.randn(2, 4, 16, 16, generator=g).half(), torch.full((2,), 500),
+              torch.randn(2, 77, 64, generator=g).half())
+    adapter = adapter_for(unet, tokens=4)
+    with torch.no_grad():
+        for layer in find_attn2(unet):
+            adapter.layer(layer.key).to_k_ip.weight.mul_(300.0)
+            layer.module.to_q.weight.mul_(300.0)
+    assert torch.isfinite(run_diffusers(unet, inputs)).all()
+    with apply(unet, adapter, torch.randn(1, 30, generator=g), rows=cfg_rows(1)):
+        out = run_diffusers(unet, inputs)
+    assert torch.isfinite(out).all()
