@@ -173,6 +173,23 @@ def test_model_files_found_wrong_in_review(tmp_path, sd15_ldm_meta_adapter):
     assert models.Registry([tmp_path]).load("icons").k == 30
 
 
+def test_both_original_release_sets_in_one_folder_pair_by_the_adapters_model_name(tmp_path, sd15_ldm_meta_adapter):
+    """README's layout for the original release's two sets (adapter v0.1.0 goes with pca-v0.2.1,
+    v0.3.0 with pca-v0.3.0): spaces converted under the adapters' model names pair with them."""
+    import safetensors.torch
+    import a1111_env
+    adapter, _ = sd15_ldm_meta_adapter
+    for version, seed in (("0.1.0", 1), ("0.3.0", 2)):
+        name = f"sdxl_amix_v{version}_fp16"
+        safetensors.torch.save_file({k: v.contiguous() for k, v in adapter.state_dict().items()},
+                                    str(tmp_path / f"ip-adapter-style_{name}.safetensors"))
+        a1111_env.make_space(30, 64, seed=seed).save(tmp_path / f"{name}.space.safetensors")
+    found = models.scan([tmp_path])
+    assert sorted(found) == ["sdxl_amix_v0.1.0_fp16", "sdxl_amix_v0.3.0_fp16"]
+    for name, info in found.items():
+        assert info.space == tmp_path / f"{name}.space.safetensors"
+
+
 def test_a_model_file_replaced_in_place_is_loaded_again(tmp_path, sd15_ldm_meta_adapter):
     """Found in review: after retraining into the same file, the old weights stayed loaded until a restart."""
     adapter, _ = sd15_ldm_meta_adapter

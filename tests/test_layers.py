@@ -99,6 +99,15 @@ def test_sgm_style_sdxl_layout_matches_diffusers_sdxl():
         assert layer.module.to_v.weight.shape == twin.module.to_v.weight.shape
     assert [l.name.split(".transformer_blocks")[0] for l, w in zip(sgm_like, preset_weights("style", sgm_like)) if w] \
         == ["output_blocks.1.1"] * 10  # up_blocks.0.attentions.1 in diffusers terms
+    # and in the order the original author's own SDXL loader numbers them (Forge extension,
+    # lib_ipadapter_style/IPAdapterPlus.py: input 4, 5, 7, 8, then output 0-5, then middle;
+    # key = 2 * number + 1), written out here so that it does not depend on layers.py's mapping
+    # (a review checked the same order on the real sgm package at A1111 v1.10's commit)
+    original = [f"input_blocks.{i}.1.transformer_blocks.{d}.attn2" for i in (4, 5, 7, 8) for d in range(2 if i < 6 else 10)]
+    original += [f"output_blocks.{i}.1.transformer_blocks.{d}.attn2" for i in range(6) for d in range(10 if i < 3 else 2)]
+    original += [f"middle_block.1.transformer_blocks.{d}.attn2" for d in range(10)]
+    by_key = sorted(sgm_like, key=lambda l: l.key)
+    assert [l.name for l in by_key] == original and [l.key for l in by_key] == list(range(1, 140, 2))
 
 
 def test_a_wrapper_around_an_ldm_unet_is_refused_naming_the_unet_inside():
