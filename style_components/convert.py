@@ -21,6 +21,7 @@ import torch
 
 from . import files
 from .errors import ModelFileError, StyleComponentsError, UnsafePickleError
+from .models import name_of
 from .space import StyleSpace
 from .unpickle import MODEL, SPACE, PickledPCA, describe, is_atom, load_pickle, resolve_global  # noqa: F401
 
@@ -70,7 +71,7 @@ def convert_space(src, dst, name: str | None = None, extractor: str = "") -> Sty
         raise ModelFileError(src, f"needs {k} positive standard deviations (the smallest of the first {k}: "
                                   f"{std.min():.3g})")
     space = StyleSpace(torch.from_numpy(mean), torch.from_numpy(components), torch.from_numpy(std),
-                       extractor=extractor, name=name or Path(dst).stem)
+                       extractor=extractor, name=name or name_of(dst))
     space.save(dst)
     return StyleSpace.load(dst)
 
@@ -122,7 +123,7 @@ def convert_extractor(src, dst, preprocess: str = "v0.3", architecture: str | No
     try:
         _refuse_stored_code(src, model)
         metadata, state = _rebuilt_metadata(src, model, preprocess, architecture, model_kwargs)
-        metadata["name"] = name or Path(dst).stem
+        metadata["name"] = name or name_of(dst)
         files.write(dst, state, metadata)
     except (StyleComponentsError, OSError):  # OSError: writing the output (a full disk)
         raise

@@ -86,7 +86,7 @@ def classify(path, header: dict | None = None) -> tuple[str | None, str]:
     IP-Adapter layout), else from the name; None if none says. The name drops only its kind's word.
     `header`: the file's, when already read."""
     path = Path(path)
-    stem = path.name[: -len(".safetensors")] if path.name.endswith(".safetensors") else path.stem
+    stem = _stem(path)
     header = read_header(path) if header is None else header
     kind = FORMATS.get(_metadata(header).get("format", "")) or ("adapter" if _adapter_input(header) else None)
     for name_kind, pattern in _NAME_KIND:
@@ -94,6 +94,16 @@ def classify(path, header: dict | None = None) -> tuple[str | None, str]:
         if m and m["name"] and kind in (None, name_kind):  # "workspace", an adapter, is not model "work"
             return name_kind, m["name"]
     return kind, stem
+
+
+def _stem(path: Path) -> str:
+    return path.name[: -len(".safetensors")] if path.name.endswith(".safetensors") else path.stem
+
+
+def name_of(path) -> str:
+    """The model name a file's name gives, without reading it: 'anime.space.safetensors' -> 'anime'."""
+    stem = _stem(Path(path))
+    return next((m["name"] for _, pattern in _NAME_KIND if (m := pattern.match(stem)) and m["name"]), stem)
 
 
 def _adapter_input(header: dict) -> int | None:

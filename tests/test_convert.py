@@ -98,6 +98,8 @@ def test_convert_space_reads_every_pickle_protocol(protocol, tmp_path):
     (tmp_path / "pca.pkl").write_bytes(pickle.dumps((pca, std), protocol=protocol))
     space = convert_space(tmp_path / "pca.pkl", tmp_path / "space.safetensors")
     assert space.name == "space"
+    # named as the WebUI names the model (found in review: 'anime.space' was shown in messages)
+    assert convert_space(tmp_path / "pca.pkl", tmp_path / "anime.space.safetensors").name == "anime"
     np.testing.assert_allclose(space.to_components(torch.from_numpy(data).float()).numpy(),
                                pca.transform(data) / std[:K], rtol=1e-4, atol=1e-4)
 
