@@ -138,8 +138,8 @@ class StyleComponentsScript(scripts.Script):
                                     elem_id=eid("model"))
                 refresh = ToolButton(value="\U0001f504", elem_id=eid("refresh"))
             with gr.Row():
-                multiplier = gr.Slider(0.0, 3.0, value=1.0, step=0.01, label="Multiplier", elem_id=eid("multiplier"))
-                strength = gr.Slider(0.0, 2.0, value=1.0, step=0.01, label="Strength", elem_id=eid("strength"))
+                multiplier = gr.Slider(-3.0, 3.0, value=1.0, step=0.01, label="Multiplier", elem_id=eid("multiplier"))
+                strength = gr.Slider(-3.0, 3.0, value=1.0, step=0.01, label="Strength", elem_id=eid("strength"))
             with gr.Row():
                 random = gr.Checkbox(False, label="Random style from seed", elem_id=eid("random"))
                 seed = gr.Number(-1, precision=0, label="Style seed (-1: each image's seed)", elem_id=eid("seed"))
@@ -165,7 +165,7 @@ class StyleComponentsScript(scripts.Script):
             with gr.Column(elem_id=eid("sliders")):
                 for i in range(sargs.MAX_COMPONENTS):
                     label = labels0[i] if i < len(labels0) and labels0[i] else f"Style component {i + 1}"
-                    sliders.append(gr.Slider(-5.0, 5.0, value=0.0, step=0.01, label=label,
+                    sliders.append(gr.Slider(-10.0, 10.0, value=0.0, step=0.01, label=label,
                                              visible=i < k0, elem_id=eid(f"c{i + 1}")))
             with gr.Accordion("Advanced", open=False):
                 blocks = gr.Dropdown(label="Blocks", choices=list(BLOCK_PRESETS), value="all", elem_id=eid("blocks"))
@@ -214,7 +214,8 @@ class StyleComponentsScript(scripts.Script):
 
         @user_errors
         def on_import(name, text):
-            return slider_updates(name, sargs.numbers("components", text), "Import")
+            # also the original extension's form, pasted from its infotext: "[0.12, -1.5, ...]"
+            return slider_updates(name, sargs.numbers("components", (text or "").strip().strip('"[]')), "Import")
 
         @user_errors
         def on_export(name, is_random, seed_value, *values):
@@ -408,7 +409,7 @@ def infotext_fields():
     """(argument name, function(infotext params) -> control value or None) for every argument."""
     def field(name):
         def read(d):
-            text = d.get(sargs.INFOTEXT_KEY)
+            text = d.get(sargs.INFOTEXT_KEY) or sargs.from_original_extension(d)
             if not text:
                 return False if name == "enabled" else None
             return _controls(text).get(name)

@@ -16,9 +16,11 @@ API caller is never silently ignored.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
+from .models import name_of
 from .params import BLOCK_PRESETS, SEED_PER_IMAGE, StyleParams, format_number, is_number_text
 from .session import ArgumentError
 
@@ -221,6 +223,24 @@ def to_positional(params: StyleParams, enabled: bool = True) -> list:
         raise ArgumentError(f"{len(params.components)} components, the UI has {MAX_COMPONENTS} sliders")
     values.update(zip(COMPONENT_NAMES, params.components))
     return [values[n] for n in ALL_NAMES]
+
+
+def from_original_extension(d: Mapping) -> str | None:
+    """Our infotext entry for what the original author's Forge extension wrote, or None:
+    `style_components: "[0.12, -1.5, ...]"` (the slider values times the multiplier),
+    `style_components_strength` and `style_components_model` (its adapter's URL)."""
+    values = d.get("style_components")
+    if not isinstance(values, str):
+        return None
+    # a list's repr: "[0.12, -1.5]", or "[np.float64(0.12), ...]" under numpy 2
+    numbers = re.findall(r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", re.sub(r"np\.float\d+", "", values))
+    if not numbers:
+        return None
+    strength = d.get("style_components_strength", "1")
+    adapter = str(d.get("style_components_model") or "").rsplit("/", 1)[-1].split("?")[0]
+    params = StyleParams(model=name_of(adapter) if adapter else "", components=tuple(float(n) for n in numbers),
+                         strength=float(strength) if is_number_text(str(strength)) else 1.0)
+    return params.to_infotext()
 
 
 def controls_from_infotext(text: str | None, find_model=None) -> tuple[dict, list[str]]:

@@ -144,6 +144,28 @@ def test_infotext_round_trip_restores_every_control_and_the_image(env):
     assert again.info == res.info
 
 
+def test_the_original_extensions_infotext_pastes_and_gives_its_style(env):
+    """A user moving from the original author's Forge extension pastes its PNG info: it wrote
+    the values times the multiplier as a list, the strength and its adapter's URL (its
+    scripts/main.py, extra_generation_params). Here the adapter is model 'demo'."""
+    from modules import infotext_utils
+    values = [round(0.07 * i - 1, 2) for i in range(30)]
+    extra = {"style_components": str(values), "style_components_strength": 1.5,
+             "style_components_model": "https://huggingface.co/x/resolve/main/ip-adapter-style_demo.safetensors",
+             "style_components_extension_version": "0.1"}
+    infotext = "a castle\nSteps: 2, Seed: 1, " + ", ".join(f"{k}: {infotext_utils.quote(v)}" for k, v in extra.items())
+    pasted = dict(zip(sargs.ALL_NAMES, paste(env, infotext)))
+    assert pasted["enabled"] is True and pasted["model"] == "demo" and pasted["strength"] == 1.5
+    assert pasted["multiplier"] == 1.0 and [pasted[f"c{i + 1}"] for i in range(30)] == values
+    _, got = generate(env, list(pasted.values()), steps=2)
+    _, want = generate(env, args(components=values, strength=1.5), steps=2)
+    assert torch.equal(got.images[0], want.images[0])
+    numpy2 = "[" + ", ".join(f"np.float64({v})" for v in values) + "]"  # the list's repr under numpy 2
+    again = dict(zip(sargs.ALL_NAMES, paste(env, infotext.replace(infotext_utils.quote(str(values)),
+                                                                   infotext_utils.quote(numpy2)))))
+    assert [again[f"c{i + 1}"] for i in range(30)] == values
+
+
 def test_random_per_image_style_round_trip_and_batch_count(env):
     p, res = generate(env, args(random=True, seed=-1), batch_size=2, n_iter=2)
     assert len(res.images) == 4

@@ -26,6 +26,10 @@ def test_accordion_controls_follow_the_argument_layout(module):
     labels = [getattr(c, "label", None) for c in controls]
     assert labels[1:4] == ["Style model", "Multiplier", "Strength"]
     assert labels[sargs.ALL_NAMES.index("c1")] == "Style component 1"
+    # the original extension's ranges (found in review: 0..3, 0..2 and -5..5 could not hold its
+    # styles inverted by a negative multiplier, strengths past 2, or its components up to 10)
+    ranges = [(c.minimum, c.maximum) for c in controls[2:4] + controls[sargs.ALL_NAMES.index("c1"):]]
+    assert ranges == [(-3, 3), (-3, 3)] + [(-10, 10)] * sargs.MAX_COMPONENTS
     values = [c.value for c in controls]
     parsed = sargs.parse(values)  # the UI's initial values are valid, disabled arguments
     assert parsed.enabled is False and parsed.params.components == ()
@@ -107,6 +111,8 @@ def test_choosing_a_model_shows_its_k_sliders_with_the_space_labels(callbacks):
 def test_import_export_round_trip_and_zero(callbacks):
     values = [u["value"] for u in callbacks["on_import"]("demo", "0.5, -1.25 2")]
     assert values[:4] == [0.5, -1.25, 2.0, 0.0] and len(values) == sargs.MAX_COMPONENTS
+    # the original Forge extension's form, copied from its PNG info
+    assert [u["value"] for u in callbacks["on_import"]("demo", '"[0.5, -1.25, 2]"')] == values
     text = callbacks["on_export"]("demo", False, -1, *values)
     assert text.split() == ["0.5", "-1.25", "2"] + ["0"] * 27  # the model's K values
     assert [u["value"] for u in callbacks["on_import"]("demo", text)] == values
