@@ -36,6 +36,10 @@ LAYOUTS = {
     "batch_cond_uncond off: [c0, c1] then [u0, u1]": (dict(batch_size=2), {"batch_cond_uncond": False},
                                                       [[0, 1], [N, N]]),
     "different prompt lengths: [c0] then [u0]": (dict(batch_size=1, prompt=LONG), {}, [[0], [N]]),
+    "different prompt lengths, padded: [c0, c1, u0, u1]": (dict(batch_size=2, prompt=LONG),
+                                                          {"pad_cond_uncond": True}, [[0, 1, N, N]]),
+    "different prompt lengths, padded (v0): [c0, u0]": (dict(batch_size=1, prompt=LONG),
+                                                       {"pad_cond_uncond_v0": True}, [[0, N]]),
     "NGMS skips uncond: [c0, c1]": (dict(batch_size=2, s_min_uncond=100.0), {"s_min_uncond_all": True},
                                     [[0, 1]]),
     # AND prompt on image 0 only: cond rows [c0, c0', c1]; calls of batch_size rows in order over x_in

@@ -758,5 +758,11 @@ def test_an_interrupt_before_the_range_is_not_called_a_range_problem(env):
 def test_a_per_image_style_draws_from_any_image_seed(env):
     """Found in review: an image seed A1111 accepts (a typed -5, one above 2**53 through the API)
     failed the job with per-image random styles."""
-    p, res = generate(env, args(random=True, seed=-1), seed=-5)
-    assert p.all_seeds[0] == -5 and sargs.INFOTEXT_KEY + ": " in res.info
+    from style_components.params import MAX_SEED, StyleParams, random_components
+    from modules import infotext_utils
+    for image_seed in (-5, 2 ** 60):
+        p, res = generate(env, args(random=True, seed=-1), seed=image_seed)
+        assert p.all_seeds[0] == image_seed
+        # the style drawn is the one the seed maps to (found by mutation: only "it ran" was checked)
+        recorded, _ = StyleParams.parse(infotext_utils.parse_generation_parameters(res.infotexts[0])[sargs.INFOTEXT_KEY])
+        assert recorded.components == random_components(image_seed % (MAX_SEED + 1), 30), image_seed

@@ -85,6 +85,21 @@ def test_broken_files_name_the_problem(tmp_path, edit, message, key):
     assert str(path) in str(info.value)
 
 
+@pytest.mark.parametrize("edit,message", [
+    (dict(drop=["ip_adapter.3.to_k_ip.weight"]), "missing"),
+    (dict(change={"ip_adapter.3.to_k_ip.weight": torch.zeros(320, 700)}), r"shape \[320, 700\]"),
+    (dict(change={"ip_adapter.3.to_k_ip.weight": torch.full((320, 768), float("nan"))}), "NaN"),
+    (dict(change={"ip_adapter.3.to_k_ip.weight": torch.zeros(320, 768, dtype=torch.int32)}), "dtype torch.int32"),
+])
+def test_broken_keys_of_a_multi_token_file_name_the_problem(tmp_path, edit, message):
+    """Found by mutation: the to_k_ip checks were untested (a wrong key loaded as NaN or as a raw
+    load_state_dict error)."""
+    path = save_raw(Adapter(768, 768, SD1_INNER, tokens=4, with_keys=True), tmp_path / "k.safetensors", **edit)
+    with pytest.raises(ModelFileError, match=message) as info:
+        Adapter.load(path)
+    assert info.value.key == "ip_adapter.3.to_k_ip.weight"
+
+
 def test_multi_token_file_without_keys_is_refused(tmp_path):
     path = save_raw(Adapter(768, 768, SD1_INNER, tokens=4, with_keys=True), tmp_path / "a.safetensors",
                     drop=[f"ip_adapter.{n}.to_k_ip.weight" for n in range(1, 32, 2)])

@@ -782,6 +782,19 @@ def test_refused_globals(module, name):
         resolve_global(module, name)
 
 
+def test_each_kind_of_file_has_its_own_allow_list():
+    """Found by mutation, untested until then: the PCA only in a space file, modules only in a
+    model file, and no private class even of an allowed package (torch's _ConvNd base)."""
+    from style_components.unpickle import MODEL, SPACE
+    assert resolve_global("sklearn.decomposition._pca", "PCA", SPACE) is not None
+    with pytest.raises(UnsafePickleError, match="sklearn.decomposition._pca.PCA"):
+        resolve_global("sklearn.decomposition._pca", "PCA", MODEL)
+    with pytest.raises(UnsafePickleError, match="torch.nn.modules.linear.Linear"):
+        resolve_global("torch.nn.modules.linear", "Linear", SPACE)
+    with pytest.raises(UnsafePickleError, match="torch.nn.modules.conv._ConvNd"):
+        resolve_global("torch.nn.modules.conv", "_ConvNd", MODEL)
+
+
 def test_allowed_globals():
     from timm.layers.format import Format
     from timm.models.vision_transformer import VisionTransformer

@@ -94,8 +94,11 @@ def test_a_style_does_not_depend_on_the_other_styles_in_the_batch(sd15_ldm, plai
     inputs, _ = plain
     adapter = adapter_for(sd15_ldm, tokens=tokens)
     styles = torch.randn(5, 30, generator=torch.Generator().manual_seed(4))
+    sizes = []  # one style at a time through the adapter (found by mutation: on this CPU a batched
+    adapter.register_forward_pre_hook(lambda _, args: sizes.append(args[0].shape[0]))  # matmul rounds the same)
     with apply(sd15_ldm, adapter, styles, rows=[4, 1, NULL, NULL]):
         in_batch = run_ldm(sd15_ldm, inputs)
+    assert sizes == [1] * 6  # five styles and the null style
     with apply(sd15_ldm, adapter, styles[4:], rows=[0, 0, NULL, NULL]):
         alone = run_ldm(sd15_ldm, inputs)
     assert torch.equal(in_batch[0], alone[0]) and torch.equal(in_batch[2:], alone[2:])
@@ -106,8 +109,11 @@ def test_zero_strength_zero_weights_and_disabled_range_are_bit_identical(sd15_ld
     adapter = adapter_for(sd15_ldm)
     styles = torch.randn(1, 30)
     for kwargs in (dict(strength=0.0), dict(weights=[0.0] * 16), dict(start=0.5, end=0.5)):
-        with apply(sd15_ldm, adapter, styles, **kwargs):
+        with apply(sd15_ldm, adapter, styles, **kwargs) as handle:
             assert torch.equal(run_ldm(sd15_ldm, inputs), base), kwargs
+            if "start" not in kwargs:  # a zero weight installs no term at all (found by mutation: adding
+                assert handle.n_terms == 0, kwargs  # 0 * term passes torch.equal, -0.0 == 0.0)
+                assert not any(l.module._forward_hooks for l in find_attn2(sd15_ldm))
     with apply(sd15_ldm, adapter, styles, start=0.2, end=0.6) as handle:
         for progress, on in ((0.0, False), (0.2, True), (0.59, True), (0.6, False), (1.0, False)):
             handle.set_progress(progress)
@@ -353,6 +359,31 @@ def test_fp8_weights_under_autocast_match_their_bf16_values(tokens):
     assert torch.equal(fp8, want)
 
 
+@pytest.mark.parametrize("tokens", [1, 4])
+def test_remove_leaves_no_hook_on_any_module(tokens):
+    """Found by mutation: a 4-token term's hook on to_q could stay after remove(), unseen by
+    checks that compared outputs (a leftover query hook changes none) or looked at attn2 only."""
+    unet = diffusers_unet(SMALL_SD1_DIFFUSERS)
+    g = torch.Generator().manual_seed(16)
+    inputs = (torch.randn(2, 4, 16, 16, generator=g), torch.full((2,), 500), torch.randn(2, 77, 64, generator=g))
+    with apply(unet, adapter_for(unet, tokens=tokens), torch.randn(1, 30, generator=g), rows=cfg_rows(1)):
+        assert sum(bool(m._forward_hooks) for m in unet.modules()) == 16 * (1 + (tokens > 1))
+        run_diffusers(unet, inputs)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in unet.modules())
+
+
+def test_guidance_rows_in_both_orders():
+    """A1111's order (cond first, the default) had no test (found by mutation)."""
+    from style_components.inject import guidance_rows
+    x = lambda n: (torch.zeros(n, 4, 8, 8),)  # noqa: E731
+    assert guidance_rows([0, 1])(x(4), {}) == [0, 1, NULL, NULL]
+    assert guidance_rows([0, 1], cond_first=False)(x(4), {}) == [NULL, NULL, 0, 1]
+    assert guidance_rows([0, 1])(x(2), {}) == [0, 1]
+    assert guidance_rows([1], cond_first=False)((), {"sample": torch.zeros(2, 4, 8, 8)}) == [NULL, 1]
+    with pytest.raises(StyleComponentsError, match="called with 3 rows"):
+        guidance_rows([0, 1])(x(3), {})
+
+
 def test_a_rejected_apply_leaves_no_hook(sd15_ldm, plain):
     """Found in review: rows naming a style that does not exist raised after the hooks were
     installed, and remove_all could not find them (the handle was never recorded)."""
@@ -376,6 +407,11 @@ def test_fewer_styles_after_set_styles_move_the_default_rows(sd15_ldm, plain):
         handle.set_styles(one)
         swapped = run_ldm(sd15_ldm, inputs)
     assert torch.equal(swapped, fresh)
+    # rows set by hand that name a style the new table lacks are refused, never pointed at the
+    # null style (found by mutation: untested)
+    with apply(sd15_ldm, adapter, torch.randn(2, 30), rows=[0, 1, NULL, NULL]) as handle:
+        with pytest.raises(StyleComponentsError, match="set the rows first"):
+            handle.set_styles(one)
 
 
 def test_a_half_precision_adapter_on_a_full_precision_unet(sd15_ldm, plain):
@@ -535,6 +571,9 @@ def test_bad_strength_weights_and_style_inputs_are_refused_clearly():
         apply(unet, adapter, styles, weights=[1.0] * 15 + [float("inf")])
     with pytest.raises(StyleComponentsError, match="NaN or infinite"):
         apply(unet, adapter, torch.tensor([[float("nan")] * 30]))
+    for start, end in ((0.5, 0.2), (-0.1, 1.0), (0.0, 1.5)):
+        with pytest.raises(StyleComponentsError, match=r"need 0 <= start <= end <= 1"):
+            apply(unet, adapter, styles, start=start, end=end)
     with apply(unet, adapter, styles) as handle:
         tokens = handle.tokens
         with pytest.raises(StyleComponentsError, match="NaN or infinite"):

@@ -14,7 +14,10 @@ for these tests, same behaviour):
 - cond and uncond of the same token length: one call, or with opts.batch_cond_uncond off,
   successive calls of batch_size rows taken in order over x_in (a call may mix cond and uncond
   rows when AND prompts make the cond row count differ from batch_size);
-- different token lengths (not for edit models: A1111 v1.10 itself fails there, at
+- different token lengths with opts.pad_cond_uncond (the shorter padded with 77-token chunks of
+  the empty prompt's conditioning; zeros here) or opts.pad_cond_uncond_v0 (uncond's last vector
+  repeated, or uncond cut): the same length, so the calls above;
+- different token lengths otherwise (not for edit models: A1111 v1.10 itself fails there, at
   `torch.cat([tensor[a:b]], uncond)`): calls over the cond rows (batch_size*2 at a time with
   batch_cond_uncond, else batch_size), then one call on the uncond rows.
 """
@@ -96,6 +99,15 @@ class CFGDenoiser(torch.nn.Module):
         if skip_uncond:
             x_in, sigma_in = x_in[:-batch_size], sigma_in[:-batch_size]
 
+        if opts.pad_cond_uncond_v0 and tensor.shape[1] != uncond.shape[1]:
+            n = tensor.shape[1]
+            uncond = (torch.hstack([uncond, uncond[:, -1:].repeat(1, n - uncond.shape[1], 1)])
+                      if uncond.shape[1] < n else uncond[:, :n])
+        elif opts.pad_cond_uncond and tensor.shape[1] != uncond.shape[1]:
+            empty = torch.zeros(1, 77, tensor.shape[2], dtype=tensor.dtype)
+            pad = lambda t, n: torch.cat([t] + [empty.expand(t.shape[0], -1, -1)] * n, 1)  # noqa: E731
+            repeats_ = (tensor.shape[1] - uncond.shape[1]) // 77
+            tensor, uncond = (pad(tensor, -repeats_), uncond) if repeats_ < 0 else (tensor, pad(uncond, repeats_))
         make = lambda c_crossattn, c_concat: {"c_crossattn": [c_crossattn], "c_concat": [c_concat]}
         if tensor.shape[1] == uncond.shape[1] or skip_uncond:
             cond_in = tensor if skip_uncond else torch.cat([tensor] + [uncond] * tail)
