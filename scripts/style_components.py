@@ -494,4 +494,5 @@ if not FORGE:
     script_callbacks.on_before_ui(add_xyz_axes)
     script_callbacks.on_script_unloaded(on_script_unloaded)
     script_callbacks.on_ui_tabs(on_ui_tabs)
+    script_callbacks.on_infotext_pasted(sargs.original_list_in)
     add_xyz_axes()

@@ -71,7 +71,7 @@ def convert_space(src, dst, name: str | None = None, extractor: str = "") -> Sty
         raise ModelFileError(src, f"needs {k} positive standard deviations (the smallest of the first {k}: "
                                   f"{std.min():.3g})")
     space = StyleSpace(torch.from_numpy(mean), torch.from_numpy(components), torch.from_numpy(std),
-                       extractor=extractor, name=name or name_of(dst))
+                       extractor=extractor, name=name or name_of(dst, "space"))
     space.save(dst)
     return StyleSpace.load(dst)
 
@@ -123,7 +123,7 @@ def convert_extractor(src, dst, preprocess: str = "v0.3", architecture: str | No
     try:
         _refuse_stored_code(src, model)
         metadata, state = _rebuilt_metadata(src, model, preprocess, architecture, model_kwargs)
-        metadata["name"] = name or name_of(dst)
+        metadata["name"] = name or name_of(dst, "extractor")
         files.write(dst, state, metadata)
     except (StyleComponentsError, OSError):  # OSError: writing the output (a full disk)
         raise

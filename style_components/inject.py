@@ -297,7 +297,7 @@ class _StyleTerm:
         call costs the scores and a [tokens x C] product per head instead of a [C x C] matmul.
         """
         tokens, each = self.handle.tokens, self.handle.per_style
-        keys = lambda: each(self.ip.keys, tokens).to(out.device, out.dtype)  # noqa: E731
+        keys = lambda: each(self.ip.keys, tokens).to(out.device)  # noqa: E731 (scored in fp32)
         values = lambda: each(lambda t: self._values_through_out(t, out.device), tokens).to(out.dtype)  # noqa: E731
         k = self._cached("keys", (out.dtype, out.device), keys)[rows]
         v = self._cached("values", self._projection_key(out), values)[rows]   # [B, heads, T, C]

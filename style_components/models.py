@@ -100,10 +100,12 @@ def _stem(path: Path) -> str:
     return path.name[: -len(".safetensors")] if path.name.endswith(".safetensors") else path.stem
 
 
-def name_of(path) -> str:
-    """The model name a file's name gives, without reading it: 'anime.space.safetensors' -> 'anime'."""
+def name_of(path, kind: str) -> str:
+    """The model name the file name of a `kind` file gives: 'anime.space.safetensors' -> 'anime'
+    (an extractor 'landscape' stays 'landscape': 'space' is not its kind's word)."""
     stem = _stem(Path(path))
-    return next((m["name"] for _, pattern in _NAME_KIND if (m := pattern.match(stem)) and m["name"]), stem)
+    return next((m["name"] for k, pattern in _NAME_KIND if k == kind and (m := pattern.match(stem)) and m["name"]),
+                stem)
 
 
 def _adapter_input(header: dict) -> int | None:

@@ -225,21 +225,37 @@ def to_positional(params: StyleParams, enabled: bool = True) -> list:
     return [values[n] for n in ALL_NAMES]
 
 
+# The original writes its list with A1111's quote(), which JSON-dumps it *unquoted*
+# ("style_components: [0.12, -1.5]"); A1111's parser reads such a value up to its first comma.
+_ORIGINAL_LIST = re.compile(r"(?:^|,)\s*style_components:\s*(\[[^\]\n]*\])")
+
+
+def original_list_in(infotext: str, params: dict) -> None:
+    """For A1111's on_infotext_pasted: put the original extension's whole list back into `params`
+    (parse_generation_parameters handed over only '[0.12')."""
+    value = params.get("style_components")
+    if isinstance(value, str) and value.startswith("[") and not value.rstrip().endswith("]"):
+        found = _ORIGINAL_LIST.search(infotext.strip().split("\n")[-1])
+        if found:
+            params["style_components"] = found[1]
+
+
 def from_original_extension(d: Mapping) -> str | None:
     """Our infotext entry for what the original author's Forge extension wrote, or None:
-    `style_components: "[0.12, -1.5, ...]"` (the slider values times the multiplier),
-    `style_components_strength` and `style_components_model` (its adapter's URL)."""
+    `style_components: [0.12, -1.5, ...]` (the slider values times the multiplier; see
+    original_list_in), `style_components_strength` and `style_components_model` (its adapter's
+    URL). Anything but a whole list of numbers (a cut one, one number per image as later Forge
+    versions write lists) is not read: a style of its first values would look plausible."""
     values = d.get("style_components")
-    if not isinstance(values, str):
+    if not isinstance(values, str) or not (values := values.strip()).startswith("[") or not values.endswith("]"):
         return None
-    # a list's repr: "[0.12, -1.5]", or "[np.float64(0.12), ...]" under numpy 2
-    numbers = re.findall(r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", re.sub(r"np\.float\d+", "", values))
-    if not numbers:
+    items = [re.sub(r"^np\.float\d+\((.*)\)$", r"\1", item.strip()) for item in values[1:-1].split(",")]
+    if not all(is_number_text(item) for item in items):
         return None
-    strength = d.get("style_components_strength", "1")
+    strength = str(d.get("style_components_strength", "1"))
     adapter = str(d.get("style_components_model") or "").rsplit("/", 1)[-1].split("?")[0]
-    params = StyleParams(model=name_of(adapter) if adapter else "", components=tuple(float(n) for n in numbers),
-                         strength=float(strength) if is_number_text(str(strength)) else 1.0)
+    params = StyleParams(model=name_of(adapter, "adapter") if adapter else "", components=tuple(map(float, items)),
+                         strength=float(strength) if is_number_text(strength) else 1.0)
     return params.to_infotext()
 
 

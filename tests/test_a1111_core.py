@@ -190,6 +190,14 @@ def test_both_original_release_sets_in_one_folder_pair_by_the_adapters_model_nam
         assert info.space == tmp_path / f"{name}.space.safetensors"
 
 
+def test_name_of_drops_only_its_kinds_word():
+    """Found in review: converting an extractor to 'landscape.safetensors' named it 'land' ('space'
+    is a style space's word, not an extractor's)."""
+    assert models.name_of("landscape.safetensors", "extractor") == "landscape"
+    assert models.name_of("dir/anime.space.safetensors", "space") == "anime"
+    assert models.name_of("ip-adapter-style_sdxl_amix_v0.3.0_fp16.safetensors", "adapter") == "sdxl_amix_v0.3.0_fp16"
+
+
 def test_a_model_file_replaced_in_place_is_loaded_again(tmp_path, sd15_ldm_meta_adapter):
     """Found in review: after retraining into the same file, the old weights stayed loaded until a restart."""
     adapter, _ = sd15_ldm_meta_adapter

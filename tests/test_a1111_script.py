@@ -31,10 +31,13 @@ def clean_state(env):
     restore(env, saved)
 
 
-def paste(env, infotext):
-    """What "Send to txt2img" / PNG info does: parse the infotext, run every infotext_fields reader."""
-    from modules import infotext_utils
+def paste(env, infotext, callbacks=True):
+    """What "Send to txt2img" / PNG info does (infotext_utils.connect_paste): parse the infotext,
+    run the on_infotext_pasted callbacks, then every infotext_fields reader."""
+    from modules import infotext_utils, script_callbacks
     params = infotext_utils.parse_generation_parameters(infotext)
+    if callbacks:
+        script_callbacks.infotext_pasted_callback(infotext, params)
     return [read(params) for _, read in env["module"].infotext_fields()]
 
 
@@ -147,10 +150,12 @@ def test_infotext_round_trip_restores_every_control_and_the_image(env):
 def test_the_original_extensions_infotext_pastes_and_gives_its_style(env):
     """A user moving from the original author's Forge extension pastes its PNG info: it wrote
     the values times the multiplier as a list, the strength and its adapter's URL (its
-    scripts/main.py, extra_generation_params). Here the adapter is model 'demo'."""
+    scripts/main.py, extra_generation_params), each through A1111's quote(), which JSON-dumps
+    the list unquoted, so that A1111's parser reads '[-1.0' of it (found in review: only the first
+    value was pasted). Here the adapter is model 'demo'."""
     from modules import infotext_utils
     values = [round(0.07 * i - 1, 2) for i in range(30)]
-    extra = {"style_components": str(values), "style_components_strength": 1.5,
+    extra = {"style_components": values, "style_components_strength": 1.5,
              "style_components_model": "https://huggingface.co/x/resolve/main/ip-adapter-style_demo.safetensors",
              "style_components_extension_version": "0.1"}
     infotext = "a castle\nSteps: 2, Seed: 1, " + ", ".join(f"{k}: {infotext_utils.quote(v)}" for k, v in extra.items())
@@ -160,10 +165,12 @@ def test_the_original_extensions_infotext_pastes_and_gives_its_style(env):
     _, got = generate(env, list(pasted.values()), steps=2)
     _, want = generate(env, args(components=values, strength=1.5), steps=2)
     assert torch.equal(got.images[0], want.images[0])
-    numpy2 = "[" + ", ".join(f"np.float64({v})" for v in values) + "]"  # the list's repr under numpy 2
-    again = dict(zip(sargs.ALL_NAMES, paste(env, infotext.replace(infotext_utils.quote(str(values)),
-                                                                   infotext_utils.quote(numpy2)))))
-    assert [again[f"c{i + 1}"] for i in range(30)] == values
+    assert "style_components: [-1.0, -0.93," in infotext  # as the original writes it
+    # where no callback runs (the API's "infotext" field), and one number per image (what later
+    # Forge versions write for a list), nothing is pasted rather than a style of the first values
+    for text in (infotext, infotext.replace(infotext_utils.quote(values), "-1.0")):
+        cut = dict(zip(sargs.ALL_NAMES, paste(env, text, callbacks=text != infotext)))
+        assert cut["enabled"] is False and cut["c1"] is None
 
 
 def test_random_per_image_style_round_trip_and_batch_count(env):
