@@ -21,9 +21,9 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .adapter import Adapter
+from .adapter import ARCHS, Adapter
 from .errors import IncompatibleModelError, StyleComponentsError, UsageError
-from .layers import Attn2, arch, find_attn2, preset_weights
+from .layers import Attn2, find_attn2, preset_weights
 
 NULL = -1  # row index of the null style (the last row of the style table)
 
@@ -314,7 +314,7 @@ class _StyleTerm:
         """[S, T, C_ctx] style tokens -> [S, heads, T, C] on `device` (the UNet's; the adapter may
         sit elsewhere): each head's V_ip rows, alone in that head's slot of the inner dimension,
         through W_o without its bias."""
-        v = self.ip.values(style_tokens).to(device)                       # [S, T, inner]
+        v = self.ip.values(style_tokens).to(device)                            # [S, T, inner]
         s, t, inner = v.shape
         d = inner // self.heads
         slots = v.new_zeros(s, self.heads, t, self.heads, d)
@@ -337,7 +337,6 @@ def _finite_number(value, what: str) -> float:
 
 
 def _described(layers: list[Attn2]) -> str:
-    from .adapter import ARCHS
     if len(layers) in ARCHS:
         return f"is {ARCHS[len(layers)].upper()} ({len(layers)})"
     return f"has {len(layers)} (another architecture; the SDXL refiner has 44)"
