@@ -466,8 +466,17 @@ def xyz_axes(xyz_grid):
             xyz_grid.AxisOption("Style multiplier", float, setter("multiplier", float)),
             xyz_grid.AxisOption("Style model", str, setter("model", str), choices=lambda: registry.names())]
     axes += [xyz_grid.AxisOption(f"Style component {i}", float, setter(f"component {i}", float))
-             for i in range(1, XYZ_COMPONENTS + 1)]
+             for i in range(1, component_axes() + 1)]
     return axes
+
+
+def component_axes():
+    """30 component axes, or as many as the widest installed model has sliders (the original
+    SDXL space: 100), read from the spaces' headers."""
+    infos = (registry.find(name) for name in registry.names())
+    widths = [layout[0] for info in infos if info is not None and info.space is not None
+              and (layout := models.space_layout(info.space)) is not None]
+    return min(max([XYZ_COMPONENTS, *widths]), sargs.MAX_COMPONENTS)
 
 
 def add_xyz_axes():

@@ -294,3 +294,11 @@ def test_a_space_of_100_components_gets_100_sliders(tmp_path):
         handlers["on_extract"]("huge", [str(tmp_path / "ref.png")], "", "", progress=lambda *a, **k: None)
     with pytest.raises(gr.Error, match=f"Import: {sargs.MAX_COMPONENTS + 1} values, the UI has"):
         handlers["on_import"]("huge", " ".join(["1"] * (sargs.MAX_COMPONENTS + 1)))
+    # XYZ: a component axis for every slider of the widest model (30 when none is wider)
+    import xyz_grid
+    labels = [a.label for a in module.xyz_axes(xyz_grid)]
+    assert labels[-1] == f"Style component {sargs.MAX_COMPONENTS}" and len(labels) == 3 + sargs.MAX_COMPONENTS
+    (folder / "huge.space.safetensors").unlink()
+    (folder / "huge.adapter.safetensors").unlink()
+    module.registry.refresh()
+    assert [a.label for a in module.xyz_axes(xyz_grid)][-1] == "Style component 100"
