@@ -423,6 +423,22 @@ def test_wrap_sampling_runs_after_once_on_return_and_on_error():
     assert ended == [1, 2] and "sample" not in s.__dict__
 
 
+def test_wrap_sampling_restores_an_instances_own_method_and_leaves_later_wrappers():
+    """Found by mutation: restoring was only tested on class methods."""
+    s = _Sampler()
+    own = lambda x: x + 100  # noqa: E731 (an instance attribute, as another extension may set)
+    s.sample = own
+    wrap_sampling(s, ["sample"], None, lambda: None)
+    assert s.sample(1) == 101 and s.sample is own
+    ended = []
+    wrap_sampling(s, ["sample"], None, lambda: ended.append(1))
+    ours = s.sample
+    other = lambda x: ours(x) + 1  # noqa: E731 (another extension wrapping on top of ours, calling it)
+    s.sample = other
+    assert s.sample(1) == 102 and ended == [1]
+    assert s.sample is other  # ours, on its way out, left the later wrapper in place
+
+
 def test_wrap_sampling_before_can_fail_the_pass():
     s, ended = _Sampler(), []
 

@@ -318,6 +318,8 @@ def test_api_dict_and_positional_forms_are_equivalent(env):
     (args(model="nope"), "style model 'nope' not found"),
     (args(blocks="custom", block_weights="1 0 1"), "weights: 3 given, the adapter has 16"),
     ([True, "demo", "1.0"], "multiplier: expected a finite number"),
+    # more values than the model's K, the extra ones not 0 (found by mutation: untested)
+    (args(components=[0.5] * 31), "31 component values given, model 'demo' has 30"),
 ])
 def test_wrong_argument_fails_the_request_with_a_clear_error(env, bad, message):
     import re
@@ -437,6 +439,16 @@ def test_xyz_axes_are_registered_and_override_the_values(env):
     # the image is the one the same values typed in give
     _, typed = generate(env, args(strength=0.5, components=[0, 0, 2.0]), seed=1, prompt="a", negative_prompt="")
     assert torch.equal(typed.images[0], res.images[0]) and typed.info == res.info
+    # the model axis picks the model (found by mutation: it was never applied in a test): the
+    # accordion says the SDXL 'xl', the axis 'demo', which fits this SD1 UNet
+    p = proc.StableDiffusionProcessingTxt2Img(
+        sd_model=proc.StandinSDModel(env["unet"], context_dim=64), prompt="a", seed=1, steps=1,
+        scripts=__import__("a1111_env").runner(env["module"]),
+        script_args=[None] + args(model="xl", strength=0.5, components=[0, 0, 2.0]))
+    axis["Style model"].apply(p, "demo", ["demo"])
+    by_axis = proc.process_images(p)
+    assert dict(zip(sargs.ALL_NAMES, paste(env, by_axis.info)))["model"] == "demo"
+    assert torch.equal(by_axis.images[0], typed.images[0])
 
     def xyz_cell(script_args, **values):
         p = proc.StableDiffusionProcessingTxt2Img(

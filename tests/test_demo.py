@@ -112,7 +112,9 @@ def test_generate_command_from_components_and_references(tmp_path, capsys):
     out = tmp_path / "g.png"
     assert cli.main(["generate", "folder", "printer", "--components", "1.5, -1", "--n", "2", "--steps", "4",
                      "--out", str(out)]) == 0
-    assert Image.open(out).size == (2 * 66 + 2, 2 * 66 + 2)
+    grid = np.asarray(Image.open(out))
+    assert grid.shape[:2] == (2 * 66 + 2, 2 * 66 + 2)
+    assert differ(grid[:67], grid[67:]) > 1  # --n 2: the second row has its own seed (found by mutation)
     assert "components: 1.50, -1.00, 0.00" in capsys.readouterr().out
     refs = sorted((DEMO_DIR / "references").iterdir())[0].glob("*.png")
     assert cli.main(["generate", "folder", "--ref", *map(str, refs), "--n", "1", "--steps", "4",
@@ -157,6 +159,12 @@ def test_generate_references_give_their_own_style(icon, models):
     assert differ(first, last) > 1 and differ(first, base) > 1 and differ(last, base) > 1
     z = models.space.to_components(models.extractor.embed(refs[0], [1.0] * len(refs[0])))  # as --ref computes it
     assert np.array_equal(icon("--components", ", ".join(repr(v) for v in z.tolist())), first)
+    # IMG:WEIGHT weighs that image (found by mutation: only equal weights were checked)
+    a, b = refs[0][0], refs[1][0]
+    weighted = icon("--ref", a + ":3", b)
+    z = models.space.to_components(models.extractor.embed([a, b], [3.0, 1.0]))
+    assert np.array_equal(icon("--components", ", ".join(repr(v) for v in z.tolist())), weighted)
+    assert differ(weighted, icon("--ref", a, b)) > 0.2
 
 
 def test_generate_start_end_and_preset_act_on_the_sampling(icon, models):
@@ -180,6 +188,19 @@ def test_generate_start_end_and_preset_act_on_the_sampling(icon, models):
     typed = generate(models.world, ["folder"], [0], steps=STEPS, adapter=models.adapter, styles=z,
                      strength=STRENGTH, weights=up1)
     assert np.array_equal(grid(typed, 1)[2:-2, 2:-2], preset)
+
+
+def test_the_schedule_and_the_sweep_are_what_they_say(models, monkeypatch):
+    """Found by mutation: generate's progress (what start/end read) and demo's --component were
+    only checked against themselves."""
+    from style_components.inject import StyleHandle
+    seen, real = [], StyleHandle.set_progress
+    monkeypatch.setattr(StyleHandle, "set_progress", lambda self, f: seen.append(f) or real(self, f))
+    generate(models.world, ["folder"], [0], steps=3, adapter=models.adapter, styles=torch.ones(1, models.space.k))
+    assert seen == [0.0, 1 / 3, 2 / 3]
+    sweep = [z for title, z in demo.columns(models, 0, 2) if title.startswith("c3 ")]
+    assert len(sweep) == len(demo.SWEEP)
+    assert all(z[2] == v and z.abs().sum() == abs(v) for z, v in zip(sweep, demo.SWEEP))
 
 
 def test_a_slider_moves_what_it_measures(models):

@@ -47,6 +47,9 @@ def test_evaluate_pca_and_atlas_commands(trained, data_dir, tmp_path):
     ext = str(trained / "extractor.safetensors")
     assert cli.main(["evaluate", str(data_dir), ext, "--out", str(tmp_path / "report.json")]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
+    data = dataset.load(data_dir)  # the gallery is the training families only (found by mutation: unchecked)
+    assert report["split"]["gallery_images"] == int((~data.heldout).sum()) > 0
+    assert report["split"]["query_images"] == int(data.heldout.sum()) > 0
     for key in ("encoder", "encoder_tta", "baseline_handmade"):
         assert 0 <= report[key]["top1_1nn"] <= 1
         assert set(report[key]["per_theme_recall"]) <= set(dataset.load(data_dir).themes)
@@ -105,6 +108,7 @@ def test_pca_round_trip_through_style_space(tmp_path):
 def test_choose_k_and_labels():
     assert pca.choose_k(np.array([0.5, 0.3, 0.15, 0.05]), 0.9, 30) == 3
     assert pca.choose_k(np.array([0.5, 0.3, 0.15, 0.05]), 0.9, 2) == 2
+    assert pca.choose_k(np.array([0.5, 0.4, 0.1]), 0.9, 30) == 2  # exactly the target is enough
     scores = np.array([[-2.0], [-1.0], [1.0], [2.0]])
     stats = np.array([[0.1, 0, 0, 0, 0, 0], [0.2, 0, 0, 0, 0, 0], [0.7, 0, 0, 0, 0, 0], [0.9, 0, 0, 0, 0, 0]])
     labels = pca.component_labels(scores, np.array([0, 0, 1, 1]), ["dark-icon-theme", "light-icon-theme"], stats)
@@ -129,6 +133,32 @@ def test_atlas_files(tmp_path):
     assert shown[1]["label"] == "Style component 2"
 
 
+def test_small_metrics_found_unguarded_by_mutation():
+    from style_components.train import evaluate, fit, loop
+    # 1-NN takes the most similar gallery image
+    assert fit.knn_top1(torch.eye(2), [0, 1], torch.eye(2), [0, 1]) == 1.0
+    assert fit.knn_top1(torch.eye(2), [0, 1], torch.tensor([[0.9, 0.1]]), [1]) == 0.0
+    # confusions list only the wrong predictions
+    assert evaluate.confusions(np.array([0, 1]), np.array([0, 0]), ["a", "b"]) == \
+        [{"true": "b", "predicted": "a", "count": 1}]
+    # each step and process draws its own batch; the same step draws the same one (resume)
+    draw = lambda *a: loop.batch_rng(*a).integers(1 << 30, size=8)  # noqa: E731
+    assert not np.array_equal(draw(0, 0), draw(0, 1)) and not np.array_equal(draw(0, 1), draw(0, 1, 1))
+    assert np.array_equal(draw(3, 5, 1), draw(3, 5, 1))
+
+
+def test_training_draws_no_held_out_image(data_dir, tmp_path, monkeypatch):
+    """Found by mutation: nothing checked that the encoder's batches come from the training
+    families only (held-out families are the evaluation's queries)."""
+    from style_components.train import fit
+    seen, real = [], fit.balanced_batch
+    monkeypatch.setattr(fit, "balanced_batch", lambda rng, by_theme, *a: seen.append(
+        sum(len(b) for b in by_theme)) or real(rng, by_theme, *a))
+    assert cli.main(["train", str(data_dir), str(tmp_path / "run"), "--steps", "1", "--fp32", *TINY]) == 0
+    data = dataset.load(data_dir)
+    assert seen == [int((~data.heldout).sum())] and data.heldout.any()
+
+
 def test_augment_keeps_colours_and_background():
     x = encoder.to_input(np.full((2, 16, 16, 3), 255, np.uint8))
     out = encoder.augment(x, torch.Generator().manual_seed(0))
@@ -138,6 +168,12 @@ def test_augment_keeps_colours_and_background():
     y = encoder.augment(encoder.to_input(icon), torch.Generator().manual_seed(1), scale=(1.0, 1.0), shift=0.0,
                         flip=1.0)
     assert torch.allclose(y, encoder.to_input(icon[:, :, ::-1].copy()), atol=1e-4)  # a pure flip
+    # a zoom grows the icon in both directions (found by mutation: the vertical one was unchecked)
+    z = encoder.augment(encoder.to_input(icon), torch.Generator().manual_seed(1), scale=(2.0, 2.0), shift=0.0,
+                        flip=0.0)
+    coloured = (z - encoder.to_input(np.full((1, 16, 16, 3), 255, np.uint8))).abs().sum(1)[0] > 0.5
+    rows, cols = coloured.any(1).sum().item(), coloured.any(0).sum().item()
+    assert rows > 8 and cols > 8 and abs(rows - cols) <= 1
 
 
 def test_style_statnet_is_a_timm_model_pooling_statistics():

@@ -83,6 +83,11 @@ def test_broken_files_are_named(world, tmp_path):
     ({"unet": {"image_size": 16}}, "32 px icons from 16 px latents"),
     ({"vocab": None}, "'vocab' must be a list of words"),
     ({"scheduler": {"prediction_type": "epsilon"}}, "'scheduler' differs"),
+    # found by mutation, unchecked until then: a type, a list's length, the icon size, infinity
+    ({"unet": {"image_size": 8.0}}, "'unet' is not a config of this version's model"),
+    ({"autoencoder": {"block_out_channels": [32, 64]}}, "'autoencoder' is not a config of this version's model"),
+    ({"autoencoder": {"sample_size": 64}}, "64 px icons from 8 px latents"),
+    ({"latent_scale": "inf"}, "'latent_scale' must be a positive number"),
 ])
 def test_metadata_that_would_build_another_model_is_refused(world, tmp_path, change, message):
     import json
@@ -92,7 +97,7 @@ def test_metadata_that_would_build_another_model_is_refused(world, tmp_path, cha
     for key, value in change.items():
         if value is None:
             meta.pop(key)
-        elif isinstance(value, dict) and key in ("unet", "scheduler"):
+        elif isinstance(value, dict) and key in ("unet", "autoencoder", "scheduler"):
             old = json.loads(meta[key])
             meta[key] = json.dumps({**old, **value} if "bogus" not in value else value)
         else:
