@@ -301,8 +301,7 @@ def slider_layout(name):
     """(K, labels) of model `name` from its style space's header, so that the sliders shown
     before any model change match the model selected by default (gradio fires no change event
     for an initial value); (XYZ_COMPONENTS, ()) when that does not say."""
-    info = registry.find(name) if name else None
-    layout = models.space_layout(info.space) if info is not None and info.space is not None else None
+    layout = _space_layout(registry.find(name) if name else None)
     if layout is None:
         return XYZ_COMPONENTS, ()
     return min(layout[0], sargs.MAX_COMPONENTS), layout[1]
@@ -473,10 +472,13 @@ def xyz_axes(xyz_grid):
 def component_axes():
     """30 component axes, or as many as the widest installed model has sliders (the original
     SDXL space: 100), read from the spaces' headers."""
-    infos = (registry.find(name) for name in registry.names())
-    widths = [layout[0] for info in infos if info is not None and info.space is not None
-              and (layout := models.space_layout(info.space)) is not None]
+    widths = [layout[0] for name in registry.names() if (layout := _space_layout(registry.find(name))) is not None]
     return min(max([XYZ_COMPONENTS, *widths]), sargs.MAX_COMPONENTS)
+
+
+def _space_layout(info):
+    """(K, labels) from the header of a model's style space; None without one."""
+    return models.space_layout(info.space) if info is not None and info.space is not None else None
 
 
 def add_xyz_axes():
