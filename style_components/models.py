@@ -86,26 +86,28 @@ def classify(path, header: dict | None = None) -> tuple[str | None, str]:
     IP-Adapter layout), else from the name; None if none says. The name drops only its kind's word.
     `header`: the file's, when already read."""
     path = Path(path)
-    stem = _stem(path)
     header = read_header(path) if header is None else header
     kind = FORMATS.get(_metadata(header).get("format", "")) or ("adapter" if _adapter_input(header) else None)
-    for name_kind, pattern in _NAME_KIND:
-        m = pattern.match(stem)
-        if m and m["name"] and kind in (None, name_kind):  # "workspace", an adapter, is not model "work"
-            return name_kind, m["name"]
-    return kind, stem
-
-
-def _stem(path: Path) -> str:
-    return path.name[: -len(".safetensors")] if path.name.endswith(".safetensors") else path.stem
+    # a known kind reads only its own words: "workspace", an adapter, is not model "work"
+    return _named(_stem(path), kind) or (kind, _stem(path))
 
 
 def name_of(path, kind: str) -> str:
     """The model name the file name of a `kind` file gives: 'anime.space.safetensors' -> 'anime'
     (an extractor 'landscape' stays 'landscape': 'space' is not its kind's word)."""
     stem = _stem(Path(path))
-    return next((m["name"] for k, pattern in _NAME_KIND if k == kind and (m := pattern.match(stem)) and m["name"]),
-                stem)
+    found = _named(stem, kind)
+    return found[1] if found else stem
+
+
+def _named(stem: str, kind: str | None) -> tuple[str, str] | None:
+    """(kind, name) of the first kind word (of `kind`, or of any kind if None) the stem ends or starts with."""
+    return next(((k, m["name"]) for k, pattern in _NAME_KIND
+                 if kind in (None, k) and (m := pattern.match(stem)) and m["name"]), None)
+
+
+def _stem(path: Path) -> str:
+    return path.name[: -len(".safetensors")] if path.name.endswith(".safetensors") else path.stem
 
 
 def _adapter_input(header: dict) -> int | None:
