@@ -174,3 +174,31 @@ def test_a_mistaken_rebuild_keeps_the_dataset_and_says_why(tmp_path, capsys):
     assert "--theme alpha: give LABEL=FOLDER" in capsys.readouterr().err
     assert cli.main(base + ["--theme", "a=Nothing"]) == 2
     assert f"theme 'a': no index.theme in {root / 'Nothing'}" in capsys.readouterr().err
+
+
+def test_an_unreadable_icon_is_skipped_and_listed(tmp_path):
+    """One broken file must not stop a build of 19 themes; dataset.json names it."""
+    themes = make_icon_tree(tmp_path / "icons")
+    broken = tmp_path / "icons/Alpha/48x48/apps/mail-send.png"
+    broken.write_bytes(b"not a png")
+    logged = []
+    stats = dataset.build(tmp_path / "data", themes, size=24, min_themes=2, workers=1, log=logged.append)
+    rows = [json.loads(line) for line in (tmp_path / "data/manifest.jsonl").read_text().splitlines()]
+    assert stats["skipped_unreadable"] == [str(broken)]
+    assert json.loads((tmp_path / "data/dataset.json").read_text())["skipped_unreadable"] == [str(broken)]
+    assert ("alpha-icon-theme", "mail-send") not in {(r["theme"], r["name"]) for r in rows}
+    assert ("beta-icon-theme", "mail-send") in {(r["theme"], r["name"]) for r in rows}
+    assert "1 unreadable files skipped" in logged[-1]
+
+
+def test_svg_themes_without_rsvg_stop_before_anything_is_written(tmp_path, monkeypatch):
+    """Found in review: a missing rsvg-convert was caught per file as a broken icon, so every SVG
+    was skipped and the themes drawn in SVG vanished from a build that reported success."""
+    themes = make_icon_tree(tmp_path / "icons")
+    svg = '<svg xmlns="http://www.w3.org/2000/svg" width="48" height="48"><rect width="40" height="40"/></svg>'
+    (tmp_path / "icons/Alpha/48x48/apps/folder.png").unlink()
+    (tmp_path / "icons/Alpha/48x48/apps/folder.svg").write_text(svg)
+    monkeypatch.setattr(dataset.shutil, "which", lambda exe: None)
+    with pytest.raises(dataset.UsageError, match="rsvg-convert not found.*nothing written"):
+        dataset.build(tmp_path / "data", themes, size=24, min_themes=2, workers=1, log=lambda *a: None)
+    assert not (tmp_path / "data").exists()

@@ -220,12 +220,22 @@ def build(out_dir, themes: Mapping[str, Sequence[Path]], size: int = config.IMAG
     log(f"rasterising {len(wanted)} icons ({sum(1 for c in present.values() if c >= min_themes)} names "
         f"in >= {min_themes} themes before dropping duplicates)")
 
+    if any(src.path.suffix.lower() == ".svg" for _, _, src in wanted) and shutil.which("rsvg-convert") is None:
+        # before rendering: without it every SVG would be skipped one by one, and the themes drawn
+        # in SVG would silently vanish from the dataset
+        raise UsageError("rsvg-convert not found, and these themes draw in SVG: install librsvg2-bin "
+                         f"(tools/install_icon_themes.sh); nothing written to {out_dir}")
+    unreadable = []
+
     def render(item):
         label, n, src = item
         try:
             return rasterise(src.path, size), _sha256(src.path)
+        except StyleComponentsError:  # the machine's fault, not the file's: stop
+            raise
         except Exception as e:  # a broken file in one theme must not stop the build
             log(f"skipped {src.path}: {e}")
+            unreadable.append(str(src.path))
             return None, None
 
     try:
@@ -297,10 +307,12 @@ def build(out_dir, themes: Mapping[str, Sequence[Path]], size: int = config.IMAG
         "images_per_theme": dict(sorted(Counter(r["theme"] for r in rows).items())),
         "dropped_identical_across_themes": dropped_shared, "dropped_aliases_within_theme": dropped_alias,
         "names_in_at_least_16_themes": sum(1 for c in Counter(r["name"] for r in rows).values() if c >= 16),
+        "skipped_unreadable": sorted(unreadable),
     }
     (out_dir / "dataset.json").write_text(json.dumps(stats, indent=2) + "\n")
     log(f"wrote {out_dir}: {stats['images']} images, {stats['names']} names, {stats['families']} families "
-        f"({stats['heldout_families']} held out, {stats['heldout_images']} images)")
+        f"({stats['heldout_families']} held out, {stats['heldout_images']} images)"
+        + (f"; {len(unreadable)} unreadable files skipped (dataset.json lists them)" if unreadable else ""))
     return stats
 
 
