@@ -486,3 +486,36 @@ def test_skips_uncond_mirrors_cfg_denoiser_forward():
     assert skips_uncond(params(2, 0.5, s_min=1.0), NS(skip_early_cond=0.0, s_min_uncond_all=True), edit=False)
     early = NS(skip_early_cond=0.2, s_min_uncond_all=False)
     assert skips_uncond(params(2, 5.0), early, edit=True) and not skips_uncond(params(3, 5.0), early, edit=False)
+
+
+@pytest.mark.parametrize("seeds, rows, expected", [
+    ([5, 6, 7], 2, [5, 6]),           # p.seeds of the batch, the pass's latent has fewer images
+    ([5], 3, [5, None, None]),        # fewer seeds than images: padded, never cut short
+    ([1, 2], None, [1, 2]),           # no latent given (an unannounced pass): the seeds' count
+    (None, 2, [None, None]),          # a script that sets no seeds at all
+])
+def test_a_pass_gets_one_seed_per_image_of_its_latent(seeds, rows, expected):
+    """Found untested by mutation (webui._start_pass): the style table needs one entry per image
+    of the pass; a missing seed is None, which fixed sliders ignore and seed -1 refuses clearly."""
+    from types import SimpleNamespace
+
+    from style_components import webui
+
+    class Gen:
+        passes = 0
+
+        def start_pass(self, unet, image_seeds):
+            self.seeds = image_seeds
+            return True
+        end_pass = check_pass = lambda self: None
+
+    p = SimpleNamespace(sd_model=SimpleNamespace(model=SimpleNamespace(diffusion_model=None)),
+                        sampler=_Sampler(), extra_generation_params={})
+    if seeds is not None:
+        p.seeds = seeds
+    gen = Gen()
+    assert webui._start_pass(p, gen, None if rows is None else torch.zeros(rows, 4, 8, 8)) is True
+    assert gen.seeds == expected
+    assert StyleParams(components=(1.0,)).slider_values(2, None) == (1.0, 0.0)
+    with pytest.raises(Exception, match="seed -1 takes each image's seed"):
+        StyleParams(seed=-1).slider_values(2, None)

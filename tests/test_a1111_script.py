@@ -585,6 +585,56 @@ def test_a_refiner_the_adapter_does_not_fit_runs_unstyled_and_the_infotext_keeps
     _assert_clean(env["unet"], unet)
 
 
+def test_unet_calls_before_a_passs_first_step_run_plain_and_are_not_reported(env):
+    """Found untested by mutation (session.Generation.start_pass sets progress OFF): a UNet call
+    after the pass is hooked but before the sampler announces its first step (another script
+    calling the UNet while preparing) is not the sampler's: it runs without the style and is not
+    reported as a call the style missed -- in the first pass and in a later one alike."""
+    from style_components import models
+    from style_components.inject import NULL
+    from style_components.params import StyleParams
+    from style_components.session import Generation
+    model = models.Registry([env["models"] / "StyleComponents"]).load("demo")
+    told = []
+    gen = Generation(StyleParams(components=(1.5,) * 30, model="demo"), model, warn=told.append)
+    unet, g = env["unet"], torch.Generator().manual_seed(4)
+    x, t, ctx = torch.randn(2, 4, 8, 8, generator=g), torch.full((2,), 500), torch.randn(2, 77, env["context_dim"], generator=g)
+    with torch.no_grad():
+        plain = unet(x, t, context=ctx)
+        for _ in range(2):  # the second pass starts where the first one's last step left off
+            gen.start_pass(unet, [None])
+            assert torch.equal(unet(x, t, context=ctx), plain)
+            gen.step([0, NULL], 0, 1)
+            assert not close(unet(x, t, context=ctx), plain, tol=1e-3)
+            gen.check_pass()
+            gen.end_pass()
+    assert told == []
+    assert_unet_clean(env)
+
+
+def test_a_base_the_adapter_does_not_fit_with_a_refiner_that_fits_is_styled_after_the_switch(env):
+    """The reverse of the case above: the base runs unstyled (one message), the refiner takes the
+    style from the switch on, and so the infotext names the style: pasting it reproduces the image."""
+    base, _ = _other_model(env, "base-xl", attention_resolutions=[4, 2])
+    refiner, info = _other_model(env, "refiner")
+    unets = [base.model.diffusion_model, refiner.model.diffusion_model]
+    kw = dict(steps=2, sd_model=base, refiner_checkpoint_info=info, refiner_switch_at=0.5)
+    _, bare = generate(env, None, **kw)
+    calls, handles = _record_calls(unets)
+    try:
+        p, res = generate(env, args(components=[1.5] * 30), **kw)
+    finally:
+        for h in handles:
+            h.remove()
+    assert [(c[0], c[5]) for c in calls] == [(0, False), (1, True)]
+    assert not torch.equal(res.images[0], bare.images[0])
+    assert len(p.comments) == 1 and "without the style" in next(iter(p.comments))
+    assert sargs.INFOTEXT_KEY + ": " in res.info
+    _, again = generate(env, paste(env, res.info), **kw)
+    assert torch.equal(again.images[0], res.images[0]) and again.info == res.info
+    _assert_clean(*unets)
+
+
 def test_a_hires_checkpoint_the_adapter_does_not_fit_leaves_every_first_pass_styled(env):
     """Hires fix on a checkpoint of another layout: the hires pass runs unstyled, each batch's
     first pass (on the selected checkpoint, reloaded per batch) keeps the style, the infotext
