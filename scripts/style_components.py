@@ -133,6 +133,7 @@ class StyleComponentsScript(scripts.Script):
         tab = "img2img" if is_img2img else "txt2img"
         eid = lambda s: f"style_components_{tab}_{s}"
         with InputAccordion(False, label=TITLE, elem_id=eid("enabled")) as enabled:
+            paste_msg = gr.Markdown("", elem_id=eid("paste_message"))
             with gr.Row():
                 model = gr.Dropdown(label="Style model", choices=names, value=names[0] if names else "",
                                     elem_id=eid("model"))
@@ -280,6 +281,7 @@ class StyleComponentsScript(scripts.Script):
         # "Send to img2img/inpaint" copies the fields whose *name* is listed here; our names are
         # the readers, shared by both tabs' script instances, so they match across tabs
         self.paste_field_names = [read for _, read in self.infotext_fields]
+        self.infotext_fields.append((paste_msg, paste_message))  # each paste's own verdict: not sent on
         return controls
 
 
@@ -408,12 +410,23 @@ def infotext_fields():
     """(argument name, function(infotext params) -> control value or None) for every argument."""
     def field(name):
         def read(d):
-            text = d.get(sargs.INFOTEXT_KEY) or sargs.from_original_extension(d)
+            text = _style_text(d)
             if not text:
                 return False if name == "enabled" else None
-            return _controls(text).get(name)
+            return _controls(text)[0].get(name)
         return read
     return [(name, field(name)) for name in sargs.ALL_NAMES]
+
+
+def paste_message(d):
+    """The accordion's line about a pasted infotext: its problems, or "" (clears the last paste's)."""
+    text = _style_text(d)
+    problems = _controls(text)[1] if text else []
+    return f"**Pasted infotext:** {'; '.join(problems)}" if problems else ""
+
+
+def _style_text(d):
+    return d.get(sargs.INFOTEXT_KEY) or sargs.from_original_extension(d)
 
 
 def _controls(text):
@@ -426,7 +439,7 @@ def _controls_on(text, _scans):   # ... per scan of the model folders: a 🔄 ma
     values, problems = sargs.controls_from_infotext(text, registry.find)
     for problem in problems:
         print(f"Style Components: infotext: {problem}")
-    return values
+    return values, problems
 
 
 INFOTEXT_READERS = infotext_fields()

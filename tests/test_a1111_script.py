@@ -284,6 +284,21 @@ def test_a_pasted_infotext_takes_the_file_it_was_made_with(env, capsys):
         registry.refresh()
 
 
+def test_a_pasted_infotexts_problems_are_shown_in_the_accordion_and_cleared_by_the_next(env):
+    """The console was the only place a paste's problems went; users of the UI never saw them.
+    A1111's connect_paste sets the Markdown to the reader's string (gr.update(value=str(v)))."""
+    from modules import infotext_utils
+    message = env["module"].paste_message
+    _, res = generate(env, args(components=[0.5] * 30))
+    renamed = res.info.replace("model: demo [", "model: demo-old-name [")
+    shown = message(infotext_utils.parse_generation_parameters(renamed))
+    assert shown.startswith("**Pasted infotext:** ") and "'demo-old-name' is here as 'demo'" in shown
+    wide = res.info.replace("components: 0.5", "components: " + "0.1 " * 200 + "0.5")
+    assert "not restored" in message(infotext_utils.parse_generation_parameters(wide))
+    assert message(infotext_utils.parse_generation_parameters(res.info)) == ""
+    assert message(infotext_utils.parse_generation_parameters("a cat\nSteps: 2, Seed: 3, Size: 64x64")) == ""
+
+
 def test_paste_without_the_key_disables_and_leaves_other_controls(env):
     restored = paste(env, "a castle\nNegative prompt: blurry\nSteps: 2, Seed: 3")
     assert restored[0] is False and all(v is None for v in restored[1:])

@@ -33,7 +33,10 @@ def test_accordion_controls_follow_the_argument_layout(module):
     values = [c.value for c in controls]
     parsed = sargs.parse(values)  # the UI's initial values are valid, disabled arguments
     assert parsed.enabled is False and parsed.params.components == ()
-    assert len(script.infotext_fields) == sargs.N_ARGS - 1  # every control but the image upload
+    # every control but the image upload, and the line that reports a paste's problems
+    assert len(script.infotext_fields) == sargs.N_ARGS
+    assert script.infotext_fields[-1][1] is module.paste_message
+    assert script.infotext_fields[-1][0].elem_id == "style_components_txt2img_paste_message"
 
 
 def test_send_to_img2img_copies_every_control(module):
@@ -76,7 +79,8 @@ def test_every_accordion_control_has_a_tooltip(module):
         script.ui(False)
     prefix = "style_components_txt2img_"
     ids = {b.elem_id[len(prefix):] for b in page.blocks.values()
-           if isinstance(b, gr.components.IOComponent | gr.Button) and (b.elem_id or "").startswith(prefix)}
+           if isinstance(b, gr.components.IOComponent | gr.Button) and not isinstance(b, gr.Markdown)  # text, not a control
+           and (b.elem_id or "").startswith(prefix)}
     ids = {i.removesuffix("-checkbox") for i in ids}      # InputAccordion's own checkbox
     js = (Path(__file__).parents[1] / "javascript" / "style_components.js").read_text()
     tips = set(re.findall(r'^\s*"(\w+)":', js, re.M))
