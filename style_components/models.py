@@ -303,6 +303,7 @@ class Registry:
                 self.loaded = None
                 info.hash  # of the file as loaded (the infotext's record), not as it may be later
                 adapter = Adapter.load(info.adapter)
+                adapter.name = info.name  # messages name the model as the user picked it, not the file's own name
                 if info.space is None and adapter.d_in > MAX_COMPONENT_INPUT:
                     raise StyleComponentsError(
                         f"style model {name!r}: its adapter takes {adapter.d_in}-d embeddings and no style space "

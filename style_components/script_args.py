@@ -267,7 +267,10 @@ def controls_from_infotext(text: str | None, find_model=None) -> tuple[dict, lis
         return {"enabled": False}, []
     params, problems = StyleParams.parse(text)
     local = find_model(params.model, params.model_hash) if find_model is not None and params.model else None
-    if local is not None and local.name != params.model:
+    if find_model is not None and params.model and local is None:
+        problems.append(f"style model {params.model!r} is not in the model folders: generating stops until its "
+                        f"files are there (then press \U0001f504) or another model is chosen")
+    elif local is not None and local.name != params.model:
         problems.append(f"model {params.model!r} is here as {local.name!r} (same file hash {params.model_hash})")
         params = replace(params, model=local.name)
     elif local is not None and params.model_hash and local.hash.lower() != params.model_hash.lower():

@@ -295,6 +295,12 @@ def test_a_pasted_infotexts_problems_are_shown_in_the_accordion_and_cleared_by_t
     assert shown.startswith("**Pasted infotext:** ") and "'demo-old-name' is here as 'demo'" in shown
     wide = res.info.replace("components: 0.5", "components: " + "0.1 " * 200 + "0.5")
     assert "not restored" in message(infotext_utils.parse_generation_parameters(wide))
+    gone = res.info.replace("model: demo [", "model: gone [").replace(
+        "[" + env["module"].registry.find("demo").hash, "[00000000")
+    assert "'gone' is not in the model folders" in message(infotext_utils.parse_generation_parameters(gone))
+    forge = {"style_components": "[0.5, -1.0]",  # the original Forge extension's, its model not converted here
+             "style_components_model": "https://example.org/ip-adapter-style_sdxl_amix_v0.3.0_fp16.safetensors"}
+    assert "'sdxl_amix_v0.3.0_fp16' is not in the model folders" in message(forge)
     assert message(infotext_utils.parse_generation_parameters(res.info)) == ""
     assert message(infotext_utils.parse_generation_parameters("a cat\nSteps: 2, Seed: 3, Size: 64x64")) == ""
 
@@ -506,6 +512,7 @@ def test_sdxl_adapter_on_sd1_gives_one_message_and_an_unstyled_image(env, capsys
     assert torch.equal(res.images[0], bare.images[0])
     out = capsys.readouterr().out
     assert out.count("for SDXL (70 cross-attention layers); this UNet is SD1 (16)") == 1
+    assert "adapter 'xl' is for SDXL" in out  # the dropdown's name (found in a real WebUI: it said the file's inner name)
     assert len(p.comments) == 1 and "without the style" in next(iter(p.comments))
     assert sargs.INFOTEXT_KEY not in res.info
     assert not env["errors"].reported
