@@ -168,6 +168,12 @@ class ModelInfo:
     def title(self) -> str:
         return self.name
 
+    @property
+    def k(self) -> int | None:
+        """Its number of components from the style space's header; None without one."""
+        layout = space_layout(self.space) if self.space is not None else None
+        return layout[0] if layout is not None else None
+
 
 def scan(folders: Iterable) -> dict[str, ModelInfo]:
     """Every model found in `folders` (searched recursively), by name; earlier folders win."""

@@ -276,6 +276,10 @@ def controls_from_infotext(text: str | None, find_model=None) -> tuple[dict, lis
     elif local is not None and params.model_hash and local.hash.lower() != params.model_hash.lower():
         problems.append(f"model {params.model!r} here is another file (hash {local.hash}) than the image's "
                         f"({params.model_hash}): the image may not be reproduced")
+    given = len(params.components) - next((i for i, c in enumerate(reversed(params.components)) if c), len(params.components))
+    if params.seed is None and local is not None and getattr(local, "k", None) is not None and given > local.k:
+        problems.append(f"{given} component values, but model {local.name!r} has {local.k}: the style was made "
+                        f"with another model and this one will not reproduce it")
     if len(params.components) > MAX_COMPONENTS:  # a paste never raises into the host
         problems.append(f"{len(params.components)} components, the UI has {MAX_COMPONENTS} sliders: "
                         f"the last {len(params.components) - MAX_COMPONENTS} are not restored")

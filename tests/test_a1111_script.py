@@ -295,6 +295,12 @@ def test_a_pasted_infotexts_problems_are_shown_in_the_accordion_and_cleared_by_t
     assert shown.startswith("**Pasted infotext:** ") and "'demo-old-name' is here as 'demo'" in shown
     wide = res.info.replace("components: 0.5", "components: " + "0.1 " * 200 + "0.5")
     assert "not restored" in message(infotext_utils.parse_generation_parameters(wide))
+    more = res.info.replace("components: 0.5", "components: " + "0.1 " * 10 + "0.5")  # 40 values, K = 30
+    assert "40 component values, but model 'demo' has 30" in message(infotext_utils.parse_generation_parameters(more))
+    thirty = "components: " + " ".join(["0.5"] * 30)
+    assert thirty in res.info
+    padded = res.info.replace(thirty, thirty + " 0" * 10)  # trailing zeros say nothing
+    assert "component values" not in message(infotext_utils.parse_generation_parameters(padded))
     gone = res.info.replace("model: demo [", "model: gone [").replace(
         "[" + env["module"].registry.find("demo").hash, "[00000000")
     assert "'gone' is not in the model folders" in message(infotext_utils.parse_generation_parameters(gone))
