@@ -98,7 +98,7 @@ def _add_training(commands: argparse._SubParsersAction) -> None:
     from .train import commands as train_args  # argparse only: heavy imports wait in run()
 
     for name, module, help_text, add, run in (
-            ("dataset", "dataset", "build the icon-theme dataset from installed themes",
+            ("dataset", "dataset", "build a style dataset from installed icon themes or your artists' folders",
              train_args.dataset_arguments, _train_command("dataset")),
             ("train", "fit", "train a style encoder with SupCon (accelerate; resumable)",
              train_args.fit_arguments, _fit),

@@ -42,6 +42,11 @@ def dataset_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--theme", action="append", metavar="LABEL=FOLDER[,FOLDER...]",
                    help="use these folders (names under --root) instead of the Debian packages of "
                         "config.THEME_PACKAGES; repeat per theme")
+    p.add_argument("--images", metavar="FOLDER",
+                   help="your own artists instead of icon themes: FOLDER/<artist>/*.png (any image format), "
+                        "each fitted whole in the --size square")
+    p.add_argument("--heldout-every", type=positive_int, default=10,
+                   help="with --images: hold out every Nth image of each artist for evaluation")
 
 
 def fit_arguments(p: argparse.ArgumentParser) -> None:

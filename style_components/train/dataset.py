@@ -1,9 +1,17 @@
-"""Icon-theme dataset: freedesktop icon themes as "artists" drawing the same named subjects.
+"""Style datasets: freedesktop icon themes as "artists" drawing the same named subjects, or
+your own artists' images, one sub-folder each.
 
 Build it (reads installed themes, installs nothing; see tools/install_icon_themes.sh):
 
     python -m style_components.train.dataset OUT_DIR [--root /usr/share/icons] [--size 64]
     style-components dataset OUT_DIR ...
+    style-components dataset OUT_DIR --images my_images/ --size 128   # my_images/<artist>/*.png
+
+From folders: an image's folder is its artist (as the adapter trainer's `--reference group`
+reads them), each image is fitted whole in the square on the background (as `iconN`
+extraction fits a reference), identical images are dropped as for icons, and every
+`heldout_every`-th image of an artist (in the order of their files' hashes, so adding images
+moves few) is held out for evaluation: there is no shared subject to hold out by name.
 
 Rules (each measured to matter on the Debian themes):
 - a package installs several theme folders (dark/light variants inheriting from the main one):
@@ -38,13 +46,14 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..errors import StyleComponentsError, UsageError
 from ..extract import fit_icon
 from . import config
 
 EXTENSIONS = (".svg", ".png")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")  # artists' folders
 
 
 # --- index.theme ---------------------------------------------------------------------------
@@ -182,6 +191,7 @@ def rasterise(path: Path, size: int, background=config.BACKGROUND) -> np.ndarray
     else:
         image = Image.open(path)
     image.load()
+    image = ImageOps.exif_transpose(image)  # as extraction turns a reference: the image a viewer shows
     return np.asarray(fit_icon(image, size, background), dtype=np.uint8)
 
 
@@ -225,41 +235,9 @@ def build(out_dir, themes: Mapping[str, Sequence[Path]], size: int = config.IMAG
         # in SVG would silently vanish from the dataset
         raise UsageError("rsvg-convert not found, and these themes draw in SVG: install librsvg2-bin "
                          f"(tools/install_icon_themes.sh); nothing written to {out_dir}")
-    unreadable = []
-
-    def render(item):
-        label, n, src = item
-        try:
-            return rasterise(src.path, size), _sha256(src.path)
-        except StyleComponentsError:  # the machine's fault, not the file's: stop
-            raise
-        except Exception as e:  # a broken file in one theme must not stop the build
-            log(f"skipped {src.path}: {e}")
-            unreadable.append(str(src.path))
-            return None, None
-
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        def tqdm(x, **k):
-            return x
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        rendered = list(tqdm(pool.map(render, wanted), total=len(wanted), desc="rasterise",
-                             disable=len(wanted) < 200, file=sys.stderr))
-
-    rows = []
-    for (label, n, src), (pixels, sha) in zip(wanted, rendered):
-        if pixels is not None:
-            rows.append({"theme": label, "name": n, "path": str(src.path), "source_sha256": sha,
-                         "pixels": pixels, "pixel_sha256": hashlib.sha256(pixels.tobytes()).hexdigest()})
-
-    # Identical pixels in several themes: the label would be a coin toss -> drop every copy.
-    themes_of = defaultdict(set)
-    for r in rows:
-        themes_of[r["pixel_sha256"]].add(r["theme"])
-    shared = {h for h, t in themes_of.items() if len(t) > 1}
-    dropped_shared = sum(1 for r in rows if r["pixel_sha256"] in shared)
-    rows = [r for r in rows if r["pixel_sha256"] not in shared]
+    rows, unreadable = _render([(label, n, src.path) for label, n, src in wanted],
+                               lambda path: rasterise(path, size), workers, log)
+    rows, dropped_shared = _drop_shared(rows)
     # Names drawn (distinctly from other themes) by at least min_themes themes: the shared content.
     count = Counter(r["name"] for r in rows)
     rows = [r for r in rows if count[r["name"]] >= min_themes]
@@ -278,7 +256,126 @@ def build(out_dir, themes: Mapping[str, Sequence[Path]], size: int = config.IMAG
     if not rows:  # before anything in OUT is replaced: a mistyped --theme must not wipe a dataset
         raise UsageError(f"no icon name is drawn by {min_themes} or more of the {len(mains)} themes "
                          f"(--min-themes); nothing written to {out_dir}")
+    for r in rows:
+        r["family"], r["heldout"] = config.family(r["name"]), config.is_heldout(r["name"])
 
+    names = sorted({r["name"] for r in rows})
+    stats = {
+        "size": size, "min_themes": min_themes, "background": list(config.BACKGROUND),
+        "themes": {label: str(folder) for label, folder in mains.items()},
+        "images": len(rows), "names": len(names),
+        "families": len({config.family(n) for n in names}),
+        "heldout_names": sum(config.is_heldout(n) for n in names),
+        "heldout_families": len({config.family(n) for n in names if config.is_heldout(n)}),
+        "heldout_images": sum(r["heldout"] for r in rows),
+        "images_per_theme": dict(sorted(Counter(r["theme"] for r in rows).items())),
+        "dropped_identical_across_themes": dropped_shared, "dropped_aliases_within_theme": dropped_alias,
+        "names_in_at_least_16_themes": sum(1 for c in Counter(r["name"] for r in rows).values() if c >= 16),
+        "skipped_unreadable": sorted(unreadable),
+    }
+    _write(out_dir, rows, stats, shard_size)
+    log(f"wrote {out_dir}: {stats['images']} images, {stats['names']} names, {stats['families']} families "
+        f"({stats['heldout_families']} held out, {stats['heldout_images']} images)"
+        + (f"; {len(unreadable)} unreadable files skipped (dataset.json lists them)" if unreadable else ""))
+    return stats
+
+
+def build_from_folders(out_dir, images_dir, size: int = config.IMAGE_SIZE, heldout_every: int = 10,
+                       workers: int = 2, shard_size: int = config.SHARD_SIZE, log=print) -> dict:
+    """Build the dataset from your own artists: `images_dir/<artist>/*.png` (module docstring)."""
+    images_dir, out_dir = Path(images_dir), Path(out_dir)
+    paths = image_files(images_dir)
+    label_of = {p: (p.parent.relative_to(images_dir).as_posix() if p.parent != images_dir else images_dir.name)
+                for p in paths}
+    rows, unreadable = _render([(label_of[p], p.stem, p) for p in paths],
+                               lambda path: rasterise(path, size), workers, log)
+    rows, dropped_shared = _drop_shared(rows)
+    by_artist, dropped_copies = defaultdict(list), 0
+    for r in sorted(rows, key=lambda r: (r["theme"], r["source_sha256"], r["path"])):
+        if any(o["pixel_sha256"] == r["pixel_sha256"] for o in by_artist[r["theme"]]):
+            dropped_copies += 1  # the same image twice in one folder: once is enough
+            continue
+        by_artist[r["theme"]].append(r)
+    lone = sorted(a for a, rs in by_artist.items() if len(rs) < 2)
+    if lone:
+        log(f"skipped artists with fewer than 2 images (nothing to train on beside a held-out one): {', '.join(lone)}")
+    rows = []
+    for artist, kept in sorted(by_artist.items()):
+        if artist in lone:
+            continue
+        for i, r in enumerate(kept):
+            r["family"], r["heldout"] = r["name"], i % heldout_every == 0
+            rows.append(r)
+    artists = sorted({r["theme"] for r in rows})
+    if len(artists) < 2:  # before anything in OUT is replaced
+        raise UsageError(f"{images_dir}: {len(artists)} artist folder(s) with 2 or more distinct images; a style "
+                         f"encoder needs 2 or more (one sub-folder per artist); nothing written to {out_dir}")
+    stats = {
+        "size": size, "background": list(config.BACKGROUND), "images_dir": str(images_dir),
+        "heldout_every": heldout_every, "themes": {a: str(images_dir / a) for a in artists},
+        "images": len(rows), "heldout_images": sum(r["heldout"] for r in rows),
+        "images_per_theme": dict(Counter(r["theme"] for r in rows)),
+        "dropped_identical_across_themes": dropped_shared, "dropped_copies_within_theme": dropped_copies,
+        "skipped_artists": lone, "skipped_unreadable": sorted(unreadable),
+    }
+    _write(out_dir, sorted(rows, key=lambda r: (r["theme"], r["name"])), stats, shard_size)
+    log(f"wrote {out_dir}: {stats['images']} images of {len(artists)} artists ({stats['heldout_images']} held out)"
+        + (f"; {len(unreadable)} unreadable files skipped (dataset.json lists them)" if unreadable else ""))
+    return stats
+
+
+def image_files(folder) -> list[Path]:
+    """Image paths (sorted); hidden files and folders (.ipynb_checkpoints, ...) are skipped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: not a folder")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    if not paths:
+        raise UsageError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return paths
+
+
+def _render(wanted, rasterise_path, workers: int, log) -> tuple[list[dict], list[str]]:
+    """Rows (label, name, path, hashes, pixels) of every (label, name, path) that renders; the
+    paths that do not (a broken file must not stop a build of thousands)."""
+    unreadable = []
+
+    def render(item):
+        path = item[2]
+        try:
+            return rasterise_path(path), _sha256(path)
+        except StyleComponentsError:  # the machine's fault, not the file's (no rsvg-convert): stop
+            raise
+        except Exception as e:
+            log(f"skipped {path}: {e}")
+            unreadable.append(str(path))
+            return None, None
+
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        def tqdm(x, **k):
+            return x
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        rendered = list(tqdm(pool.map(render, wanted), total=len(wanted), desc="rasterise",
+                             disable=len(wanted) < 200, file=sys.stderr))
+    rows = [{"theme": label, "name": n, "path": str(path), "source_sha256": sha, "pixels": pixels,
+             "pixel_sha256": hashlib.sha256(pixels.tobytes()).hexdigest()}
+            for (label, n, path), (pixels, sha) in zip(wanted, rendered) if pixels is not None]
+    return rows, unreadable
+
+
+def _drop_shared(rows: list[dict]) -> tuple[list[dict], int]:
+    """Identical pixels under several labels: the label would be a coin toss -> drop every copy."""
+    labels_of = defaultdict(set)
+    for r in rows:
+        labels_of[r["pixel_sha256"]].add(r["theme"])
+    shared = {h for h, t in labels_of.items() if len(t) > 1}
+    return [r for r in rows if r["pixel_sha256"] not in shared], sum(1 for r in rows if r["pixel_sha256"] in shared)
+
+
+def _write(out_dir: Path, rows: list[dict], stats: dict, shard_size: int) -> None:
     shard_dir = out_dir / "shards"
     if shard_dir.exists():
         shutil.rmtree(shard_dir)
@@ -291,29 +388,10 @@ def build(out_dir, themes: Mapping[str, Sequence[Path]], size: int = config.IMAG
             shard = f"shards/images_{start // shard_size:05d}.npy"
             np.save(out_dir / shard, np.stack([r["pixels"] for r in chunk]))
             for i, r in enumerate(chunk):
-                f.write(json.dumps({"theme": r["theme"], "name": r["name"], "family": config.family(r["name"]),
-                                    "heldout": config.is_heldout(r["name"]), "path": r["path"],
+                f.write(json.dumps({"theme": r["theme"], "name": r["name"], "family": r["family"],
+                                    "heldout": bool(r["heldout"]), "path": r["path"],
                                     "source_sha256": r["source_sha256"], "shard": shard, "index": i}) + "\n")
-
-    names = sorted({r["name"] for r in rows})
-    stats = {
-        "size": size, "min_themes": min_themes, "background": list(config.BACKGROUND),
-        "themes": {label: str(folder) for label, folder in mains.items()},
-        "images": len(rows), "names": len(names),
-        "families": len({config.family(n) for n in names}),
-        "heldout_names": sum(config.is_heldout(n) for n in names),
-        "heldout_families": len({config.family(n) for n in names if config.is_heldout(n)}),
-        "heldout_images": sum(config.is_heldout(r["name"]) for r in rows),
-        "images_per_theme": dict(sorted(Counter(r["theme"] for r in rows).items())),
-        "dropped_identical_across_themes": dropped_shared, "dropped_aliases_within_theme": dropped_alias,
-        "names_in_at_least_16_themes": sum(1 for c in Counter(r["name"] for r in rows).values() if c >= 16),
-        "skipped_unreadable": sorted(unreadable),
-    }
     (out_dir / "dataset.json").write_text(json.dumps(stats, indent=2) + "\n")
-    log(f"wrote {out_dir}: {stats['images']} images, {stats['names']} names, {stats['families']} families "
-        f"({stats['heldout_families']} held out, {stats['heldout_images']} images)"
-        + (f"; {len(unreadable)} unreadable files skipped (dataset.json lists them)" if unreadable else ""))
-    return stats
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -353,6 +431,11 @@ def load(data_dir) -> IconData:
 # --- command line --------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> dict:
+    if args.images:
+        if args.theme:
+            raise UsageError("--images and --theme: give one source of artists")
+        return build_from_folders(args.out, args.images, size=args.size, heldout_every=args.heldout_every,
+                                  workers=args.workers)
     root = Path(args.root)
     if args.theme:
         themes = {}

@@ -20,18 +20,15 @@ from torch import nn
 
 from .. import files
 from ..errors import UsageError
+from .dataset import image_files
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 PARTS = ("unet", "vae", "text_encoder")  # the frozen models a run depends on
 
 
 def captioned_images(folder) -> tuple[list[Path], list[str]]:
     """Image paths (sorted) and their captions; hidden files and folders (.ipynb_checkpoints, ...) are skipped."""
     folder = Path(folder)
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    if not paths:
-        raise UsageError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    paths = image_files(folder)
     captions = []
     for p in paths:
         txt = p.with_suffix(".txt")
