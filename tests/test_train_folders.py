@@ -89,6 +89,8 @@ def test_the_icon_pipeline_trains_and_evaluates_on_your_artists(built, tmp_path)
     assert cli.main(["evaluate", str(built), ext, "--out", str(tmp_path / "report.json")]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["split"]["query_images"] == 12 and report["split"]["gallery_images"] == 28
+    held = {r["name"] for r in dataset.load(built).rows if r["heldout"]}
+    assert set(report["split"]["heldout_families"]) == held  # each held-out picture is its own unit
     assert set(report["encoder"]["per_theme_recall"]) == {"alice", "bob", "carol"}
     assert report["encoder"]["content_probe"]["accuracy"] is None  # no subject shared across artists: no probe
     space_path = tmp_path / "space.safetensors"

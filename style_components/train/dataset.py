@@ -407,7 +407,8 @@ class IconData:
 
     @property
     def families(self) -> list[str]:
-        return [config.family(n) for n in self.names]
+        """The held-out unit per image: a name family for icons, the image itself for artists' folders."""
+        return [r.get("family") or config.family(n) for r, n in zip(self.rows, self.names)]
 
     def subset(self, mask: np.ndarray) -> "IconData":
         idx = np.flatnonzero(mask)

@@ -153,7 +153,7 @@ def evaluate(data: dataset.IconData, extractor_path=None, model=None, seed: int 
     train_part, held = data.subset(~data.heldout), data.subset(data.heldout)
     themes = data.themes
     report = {"split": {"gallery_images": int(len(train_part.labels)), "query_images": int(len(held.labels)),
-                        "heldout_families": sorted({config.family(n) for n in held.names}),
+                        "heldout_families": sorted(set(held.families)),
                         "themes": len(themes), "chance": 1 / len(themes)}}
     for tta in (False, True):
         g = encoder.embed(model, train_part.images, tta=tta, size=size).numpy()
@@ -174,7 +174,7 @@ def evaluate(data: dataset.IconData, extractor_path=None, model=None, seed: int 
 
 def summary(report: dict) -> str:
     e, t, b = report["encoder"], report["encoder_tta"], report["baseline_handmade"]
-    lines = [f"held-out families: {report['split']['query_images']} queries vs {report['split']['gallery_images']} "
+    lines = [f"held-out: {report['split']['query_images']} queries vs {report['split']['gallery_images']} "
              f"gallery images, {report['split']['themes']} themes (chance {report['split']['chance']:.3f})",
              f"encoder      1-NN {e['top1_1nn']:.3f}  5-NN {e['top1_5nn']:.3f}",
              f"encoder+TTA  1-NN {t['top1_1nn']:.3f}  5-NN {t['top1_5nn']:.3f}",
