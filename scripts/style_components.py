@@ -8,6 +8,7 @@ only, and nothing heavy is loaded until a generation or a UI action needs a mode
 import functools
 import importlib.util
 import os
+import re
 import sys
 import threading
 
@@ -422,7 +423,9 @@ def paste_message(d):
     """The accordion's line about a pasted infotext: its problems, or "" (clears the last paste's)."""
     text = _style_text(d)
     problems = _controls(text)[1] if text else []
-    return f"**Pasted infotext:** {'; '.join(problems)}" if problems else ""
+    # an infotext is anyone's text: its names must not become markup (an <img> would load)
+    text = re.sub(r"([\\`*_\[\]<>&])", r"\\\1", "; ".join(problems))
+    return f"**Pasted infotext:** {text}" if problems else ""
 
 
 def _style_text(d):

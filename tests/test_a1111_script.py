@@ -288,7 +288,8 @@ def test_a_pasted_infotexts_problems_are_shown_in_the_accordion_and_cleared_by_t
     """The console was the only place a paste's problems went; users of the UI never saw them.
     A1111's connect_paste sets the Markdown to the reader's string (gr.update(value=str(v)))."""
     from modules import infotext_utils
-    message = env["module"].paste_message
+    paste_message = env["module"].paste_message
+    message = lambda d: paste_message(d).replace("\\", "")  # the text, markdown escapes removed
     _, res = generate(env, args(components=[0.5] * 30))
     renamed = res.info.replace("model: demo [", "model: demo-old-name [")
     shown = message(infotext_utils.parse_generation_parameters(renamed))
@@ -297,6 +298,9 @@ def test_a_pasted_infotexts_problems_are_shown_in_the_accordion_and_cleared_by_t
     assert "not restored" in message(infotext_utils.parse_generation_parameters(wide))
     more = res.info.replace("components: 0.5", "components: " + "0.1 " * 10 + "0.5")  # 40 values, K = 30
     assert "40 component values, but model 'demo' has 30" in message(infotext_utils.parse_generation_parameters(more))
+    random_more = infotext_utils.parse_generation_parameters(more.replace("components: 0.1", "seed: 5, components: 0.1"))
+    assert random_more[sargs.INFOTEXT_KEY].startswith("model: demo [") and "seed: 5" in random_more[sargs.INFOTEXT_KEY]
+    assert message(random_more) == ""  # a random style draws the model's own K values
     thirty = "components: " + " ".join(["0.5"] * 30)
     assert thirty in res.info
     padded = res.info.replace(thirty, thirty + " 0" * 10)  # trailing zeros say nothing
@@ -307,6 +311,11 @@ def test_a_pasted_infotexts_problems_are_shown_in_the_accordion_and_cleared_by_t
     forge = {"style_components": "[0.5, -1.0]",  # the original Forge extension's, its model not converted here
              "style_components_model": "https://example.org/ip-adapter-style_sdxl_amix_v0.3.0_fp16.safetensors"}
     assert "'sdxl_amix_v0.3.0_fp16' is not in the model folders" in message(forge)
+    assert "sdxl\\_amix" in paste_message(forge)  # shown as written, not as emphasis
+    # an infotext is anyone's text: a model name must not become markup in the page
+    tag = res.info.replace("model: demo [", "model: <img src=x onerror=alert(1)> [")
+    shown = paste_message(infotext_utils.parse_generation_parameters(tag))
+    assert "\\<img src=x onerror=alert(1)\\>" in shown and "<img" not in shown.replace("\\<img", "")
     assert message(infotext_utils.parse_generation_parameters(res.info)) == ""
     assert message(infotext_utils.parse_generation_parameters("a cat\nSteps: 2, Seed: 3, Size: 64x64")) == ""
 

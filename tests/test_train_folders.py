@@ -27,18 +27,26 @@ def _artwork(shape, style, size=40, wide=False):
 
 @pytest.fixture(scope="module")
 def artists(tmp_path_factory):
-    """my_images/<artist>/: three artists drawing 14 subjects each (as PNG and JPEG), plus what a
-    real folder holds: a copy of one picture in another artist's folder, a picture saved twice
-    in one folder, a broken file, a hidden folder, and an artist with a single picture."""
+    """my_images/<artist>/: three artists drawing 14 subjects each (as PNG and JPEG; carol's in a
+    linked folder, bob's half in a year sub-folder), plus what a real folder holds: a copy of one
+    picture in another artist's folder, a picture saved twice in one folder, a broken file, a
+    hidden folder, pictures left in the root, and an artist with a single picture."""
     root = tmp_path_factory.mktemp("my_images")
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
     for artist, style in zip(("alice", "bob", "carol"), list(STYLES.values())):
-        (root / artist).mkdir()
+        folder = elsewhere / artist if artist == "carol" else root / artist
+        folder.mkdir()
         for i, shape in enumerate(SUBJECTS.values()):
             suffix = ".jpg" if i % 3 == 0 else ".png"
-            _artwork(shape, style, wide=i % 4 == 0).save(root / artist / f"picture {i:02d}{suffix}", quality=95)
+            sub = folder / "2019" if artist == "bob" and i >= 7 else folder
+            sub.mkdir(exist_ok=True)
+            _artwork(shape, style, wide=i % 4 == 0).save(sub / f"picture {i:02d}{suffix}", quality=95)
+    (root / "carol").symlink_to(elsewhere / "carol", target_is_directory=True)
+    _artwork("disc", STYLES["Alpha"]).save(root / "loose.png")
     (root / "bob" / "picture 01.png").replace(root / "bob" / "from alice.png")
     Image.open(root / "alice" / "picture 01.png").save(root / "bob" / "from alice.png")   # the same pixels as alice's
     Image.open(root / "carol" / "picture 02.png").save(root / "carol" / "picture 02 (copy).png")
+    (root / "carol" / "loop").symlink_to(root, target_is_directory=True)  # a link back up: read once
     (root / "carol" / "broken.png").write_bytes(b"not an image")
     (root / ".cache").mkdir()
     _artwork("disc", STYLES["Delta"]).save(root / ".cache" / "thumb.png")
@@ -58,15 +66,18 @@ def built(artists, tmp_path_factory):
 def test_each_folder_is_an_artist_and_what_cannot_be_told_apart_is_dropped(built, artists):
     stats = json.loads((built / "dataset.json").read_text())
     data = dataset.load(built)
-    assert data.themes == ["alice", "bob", "carol"]  # dave (one picture) and .cache are not artists
+    # dave (one picture), .cache and the root's loose picture are not artists; bob/2019 is bob's
+    assert data.themes == ["alice", "bob", "carol"]
     assert stats["skipped_artists"] == ["dave"] and stats["skipped_unreadable"] == [str(artists / "carol/broken.png")]
+    assert stats["skipped_loose_images"] == [str(artists / "loose.png")]
     assert stats["dropped_identical_across_themes"] == 2       # alice's picture 01 and bob's copy of it
     assert stats["dropped_copies_within_theme"] == 1           # carol's picture 02, saved twice
     names = {(data.themes[t], n) for t, n in zip(data.labels, data.names)}
-    assert ("alice", "picture 01") not in names and ("bob", "from alice") not in names
+    assert ("alice", "alice/picture 01") not in names and ("bob", "bob/from alice") not in names
+    assert ("bob", "bob/2019/picture 10") in names and ("carol", "carol/picture 03") in names
     assert stats["images_per_theme"] == {"alice": 13, "bob": 13, "carol": 14} and stats["images"] == 40
     # pixels: each picture fitted whole in the square on the background, as iconN extraction fits a reference
-    row = next(r for r in data.rows if r["theme"] == "alice" and r["name"] == "picture 00")  # a wide one
+    row = next(r for r in data.rows if r["theme"] == "alice" and r["name"] == "alice/picture 00")  # a wide one
     assert data.images[data.rows.index(row)].shape == (64, 64, 3)
     assert (data.images[data.rows.index(row)][0] == 255).all()  # letterboxed: the top row is background
     pixels = [data.images[data.rows.index(r)] for r in data.rows if r["source_sha256"] == row["source_sha256"]]
@@ -92,7 +103,7 @@ def test_the_icon_pipeline_trains_and_evaluates_on_your_artists(built, tmp_path)
     held = {r["name"] for r in dataset.load(built).rows if r["heldout"]}
     assert set(report["split"]["heldout_families"]) == held  # each held-out picture is its own unit
     assert set(report["encoder"]["per_theme_recall"]) == {"alice", "bob", "carol"}
-    assert report["encoder"]["content_probe"]["accuracy"] is None  # no subject shared across artists: no probe
+    assert report["encoder"]["content_probe"]["accuracy"] is None  # names are per artist: no shared subject
     space_path = tmp_path / "space.safetensors"
     assert cli.main(["pca", str(built), ext, str(space_path), "--max-k", "3"]) == 0
     assert 1 <= StyleSpace.load(space_path).k <= 3
@@ -122,4 +133,25 @@ def test_a_folder_without_two_artists_says_so_and_writes_nothing(tmp_path, capsy
     assert "nowhere: not a folder" in capsys.readouterr().err
     assert cli.main(["dataset", str(out), "--images", str(lone), "--theme", "a=Alpha"]) == 2
     assert "--images and --theme" in capsys.readouterr().err
+    assert cli.main(["dataset", str(out), "--images", str(lone), "--heldout-every", "1"]) == 2
+    assert "every image would be held out" in capsys.readouterr().err
     assert not np.any([p.exists() for p in (out / "manifest.jsonl", out / "shards")])
+
+
+def test_pictures_are_read_as_extraction_reads_a_reference(tmp_path):
+    """Found in review: the icon rasteriser clipped 16-bit pictures to white and ignored EXIF
+    turns, where extraction (load_image) scales and turns them."""
+    from style_components.extract import fit_icon, load_image
+    from style_components.train.config import BACKGROUND
+    ramp = Image.fromarray((np.linspace(0, 65535, 40 * 40).reshape(40, 40)).astype(np.uint16))
+    ramp.save(tmp_path / "grey16.png")
+    turned = _artwork("arrow", STYLES["Alpha"], wide=True)  # 60 x 40
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: turn 90 degrees to view
+    turned.save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    for name in ("grey16.png", "turned.jpg"):
+        ours = dataset._artwork(tmp_path / name, 32)
+        assert np.array_equal(ours, np.asarray(fit_icon(load_image(tmp_path / name), 32, BACKGROUND)))
+    assert 100 < dataset._artwork(tmp_path / "grey16.png", 32).mean() < 160  # a ramp, not white
+    upright = dataset._artwork(tmp_path / "turned.jpg", 32)
+    assert (upright[:, 0] == 255).all() and not (upright[0] == 255).all()  # tall once turned: side bars

@@ -110,7 +110,7 @@ def test_train_adapter_on_an_sd1_folder(tmp_path, data_dir):
         Image.fromarray(data.images[i]).save(folder / f"{i}.png")
         (folder / f"{i}.txt").write_text(data.names[i].replace("-", " "))
     paths, _ = sd1.captioned_images(images)
-    assert list(sd1.artist_labels(paths)) == [0, 0, 0, 1, 1, 1]
+    assert list(sd1.artist_labels(paths, images)) == [0, 0, 0, 1, 1, 1]
     run = style_models(data_dir, tmp_path / "enc")
     out = tmp_path / "adapter"
     assert cli.main(["train-adapter", str(images), str(out), "--sd-model", str(model), "--extractor",

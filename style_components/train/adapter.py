@@ -135,7 +135,7 @@ def sd1_data(args):
 
     def batch(idx, rng):
         return base.encode(torch.stack([sd1.load_pixels(paths[i], args.resolution) for i in idx]), rng)
-    return base, base.noise_scheduler, paths, np.array(captions, dtype=object), sd1.artist_labels(paths), batch
+    return base, base.noise_scheduler, paths, np.array(captions, dtype=object), sd1.artist_labels(paths, args.data), batch
 
 
 def run(args: argparse.Namespace) -> dict:

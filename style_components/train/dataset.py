@@ -7,11 +7,11 @@ Build it (reads installed themes, installs nothing; see tools/install_icon_theme
     style-components dataset OUT_DIR ...
     style-components dataset OUT_DIR --images my_images/ --size 128   # my_images/<artist>/*.png
 
-From folders: an image's folder is its artist (as the adapter trainer's `--reference group`
-reads them), each image is fitted whole in the square on the background (as `iconN`
-extraction fits a reference), identical images are dropped as for icons, and every
-`heldout_every`-th image of an artist (in the order of their files' hashes, so adding images
-moves few) is held out for evaluation: there is no shared subject to hold out by name.
+From folders: the sub-folder of OUT's --images an image is in (at any depth) is its artist, as
+the adapter trainer's `--reference group` reads them; each image is read and fitted whole in
+the square on the background as `iconN` extraction reads a reference; identical images are
+dropped as for icons; every `heldout_every`-th image of an artist, in the order of the files'
+hashes, is held out for evaluation: there is no shared subject to hold out by name.
 
 Rules (each measured to matter on the Debian themes):
 - a package installs several theme folders (dark/light variants inheriting from the main one):
@@ -36,6 +36,7 @@ import configparser
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -46,7 +47,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ..errors import StyleComponentsError, UsageError
 from ..extract import fit_icon
@@ -191,7 +192,6 @@ def rasterise(path: Path, size: int, background=config.BACKGROUND) -> np.ndarray
     else:
         image = Image.open(path)
     image.load()
-    image = ImageOps.exif_transpose(image)  # as extraction turns a reference: the image a viewer shows
     return np.asarray(fit_icon(image, size, background), dtype=np.uint8)
 
 
@@ -282,19 +282,23 @@ def build(out_dir, themes: Mapping[str, Sequence[Path]], size: int = config.IMAG
 
 def build_from_folders(out_dir, images_dir, size: int = config.IMAGE_SIZE, heldout_every: int = 10,
                        workers: int = 2, shard_size: int = config.SHARD_SIZE, log=print) -> dict:
-    """Build the dataset from your own artists: `images_dir/<artist>/*.png` (module docstring)."""
+    """Build the dataset from your own artists: `images_dir/<artist>/...` (module docstring)."""
     images_dir, out_dir = Path(images_dir), Path(out_dir)
+    if heldout_every < 2:
+        raise UsageError(f"--heldout-every {heldout_every}: every image would be held out, none left to train on")
     paths = image_files(images_dir)
-    label_of = {p: (p.parent.relative_to(images_dir).as_posix() if p.parent != images_dir else images_dir.name)
-                for p in paths}
-    rows, unreadable = _render([(label_of[p], p.stem, p) for p in paths],
-                               lambda path: rasterise(path, size), workers, log)
+    loose = [p for p in paths if artist_of(p, images_dir) is None]
+    if loose:
+        log(f"skipped {len(loose)} images directly in {images_dir}: an artist's images go in its sub-folder")
+    rows, unreadable = _render([(artist_of(p, images_dir), p.relative_to(images_dir).with_suffix("").as_posix(), p)
+                                for p in paths if p not in loose], lambda path: _artwork(path, size), workers, log)
     rows, dropped_shared = _drop_shared(rows)
-    by_artist, dropped_copies = defaultdict(list), 0
+    by_artist, seen, dropped_copies = defaultdict(list), set(), 0
     for r in sorted(rows, key=lambda r: (r["theme"], r["source_sha256"], r["path"])):
-        if any(o["pixel_sha256"] == r["pixel_sha256"] for o in by_artist[r["theme"]]):
-            dropped_copies += 1  # the same image twice in one folder: once is enough
+        if (r["theme"], r["pixel_sha256"]) in seen:
+            dropped_copies += 1  # the same image twice in one artist's folder: once is enough
             continue
+        seen.add((r["theme"], r["pixel_sha256"]))
         by_artist[r["theme"]].append(r)
     lone = sorted(a for a, rs in by_artist.items() if len(rs) < 2)
     if lone:
@@ -303,7 +307,7 @@ def build_from_folders(out_dir, images_dir, size: int = config.IMAGE_SIZE, heldo
     for artist, kept in sorted(by_artist.items()):
         if artist in lone:
             continue
-        for i, r in enumerate(kept):
+        for i, r in enumerate(kept):  # in the order of the files' hashes: the same files, the same split
             r["family"], r["heldout"] = r["name"], i % heldout_every == 0
             rows.append(r)
     artists = sorted({r["theme"] for r in rows})
@@ -316,7 +320,8 @@ def build_from_folders(out_dir, images_dir, size: int = config.IMAGE_SIZE, heldo
         "images": len(rows), "heldout_images": sum(r["heldout"] for r in rows),
         "images_per_theme": dict(Counter(r["theme"] for r in rows)),
         "dropped_identical_across_themes": dropped_shared, "dropped_copies_within_theme": dropped_copies,
-        "skipped_artists": lone, "skipped_unreadable": sorted(unreadable),
+        "skipped_artists": lone, "skipped_loose_images": [str(p) for p in loose],
+        "skipped_unreadable": sorted(unreadable),
     }
     _write(out_dir, sorted(rows, key=lambda r: (r["theme"], r["name"])), stats, shard_size)
     log(f"wrote {out_dir}: {stats['images']} images of {len(artists)} artists ({stats['heldout_images']} held out)"
@@ -324,16 +329,42 @@ def build_from_folders(out_dir, images_dir, size: int = config.IMAGE_SIZE, heldo
     return stats
 
 
+def artist_of(path, root) -> str | None:
+    """An image's artist: the sub-folder of `root` it is in, at any depth (`root/alice/2019/x.png`
+    is alice's); None for an image in `root` itself."""
+    parts = Path(path).relative_to(root).parts
+    return parts[0] if len(parts) > 1 else None
+
+
 def image_files(folder) -> list[Path]:
-    """Image paths (sorted); hidden files and folders (.ipynb_checkpoints, ...) are skipped."""
+    """Image paths (sorted), following linked folders; hidden files and folders (.ipynb_checkpoints,
+    ...) are skipped."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"{folder}: not a folder")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    paths, visited = [], set()
+    for here, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(here)
+        if real in visited:  # a link back up the tree
+            dirs.clear()
+            continue
+        visited.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        paths += [Path(here) / n for n in names if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_SUFFIXES]
     if not paths:
         raise UsageError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
-    return paths
+    return sorted(paths)
+
+
+def _artwork(path: Path, size: int) -> np.ndarray:
+    """An artist's image as extraction reads a reference (EXIF turn; 16-bit, alpha to RGB on white),
+    fitted whole in the square."""
+    from ..extract import load_image
+    try:
+        image = load_image(path)
+    except StyleComponentsError as e:  # here the file's fault: skip it, as a broken icon is
+        raise ValueError(str(e)) from None
+    return np.asarray(fit_icon(image, size, config.BACKGROUND), dtype=np.uint8)
 
 
 def _render(wanted, rasterise_path, workers: int, log) -> tuple[list[dict], list[str]]:

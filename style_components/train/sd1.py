@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import files
 from ..errors import UsageError
-from .dataset import image_files
+from .dataset import artist_of, image_files
 
 PARTS = ("unet", "vae", "text_encoder")  # the frozen models a run depends on
 
@@ -55,9 +55,10 @@ def _variant(folder: Path) -> str | None:
     return "fp16" if not plain and any(".fp16." in n for n in names) else None
 
 
-def artist_labels(paths) -> np.ndarray:
-    """An artist id per image: its folder (IMAGES/<artist>/..., as `--reference group` reads them)."""
-    return np.unique([str(Path(p).parent) for p in paths], return_inverse=True)[1]
+def artist_labels(paths, root) -> np.ndarray:
+    """An artist id per image: its sub-folder of `root` (root/<artist>/..., as `dataset --images`
+    reads them); the images in `root` itself are one group."""
+    return np.unique([artist_of(p, root) or "" for p in paths], return_inverse=True)[1]
 
 
 def load_pixels(path, resolution: int) -> torch.Tensor:
