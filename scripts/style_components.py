@@ -217,12 +217,17 @@ class StyleComponentsScript(scripts.Script):
         @user_errors
         def on_import(name, text):
             # also the original extension's form, pasted from its infotext: "[0.12, -1.5, ...]"
+            if not (text or "").strip('"[] \n'):
+                raise webui.StyleComponentsError("Import: the vector box is empty (Zero sets every slider to 0)")
             return slider_updates(name, sargs.numbers("components", (text or "").strip().strip('"[]')), "Import")
 
         @user_errors
         def on_export(name, is_random, seed_value, *values):
             k, _ = k_of(name)
-            if is_random and seed_value is not None and seed_value >= 0:
+            if is_random and (seed_value is None or seed_value < 0):
+                raise webui.StyleComponentsError("Export: style seed -1 draws each image's own style, there is no "
+                                                 "one style to export: set a style seed (0 or more)")
+            if is_random:
                 values = random_components(int(seed_value), k)
             return " ".join(format_number(v) for v in list(values)[:k])  # exact: Import gives the same values
 
@@ -360,7 +365,9 @@ def on_ui_tabs():
     def convert(kind, src, name, preprocess):
         from style_components import convert as conv
         try:
-            name = presets.check_name(name)
+            name = presets.check_name(name, "model")
+            if not (src or "").strip():
+                raise webui.StyleComponentsError("no file given: put the original file's path on the server in the box")
             folder = model_folders()[0]
             if kind == "Style space (PCA pickle)":
                 dst = os.path.join(folder, f"{name}.space.safetensors")

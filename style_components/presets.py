@@ -34,16 +34,16 @@ class Preset:
 _RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"{dev}{i}" for dev in ("COM", "LPT") for i in range(1, 10))}  # Windows
 
 
-def check_name(name: str) -> str:
-    """A preset's name, which is its file's name: one that every file system takes."""
+def check_name(name: str, what: str = "preset") -> str:
+    """A preset's (or a `what`'s) name, which is its file's name: one that every file system takes."""
     name = (name or "").strip()
     if not _NAME.match(name) or name.endswith("."):
-        raise StyleComponentsError(f"preset name {name!r}: use letters, digits, spaces and . , ( ) + - _ "
+        raise StyleComponentsError(f"{what} name {name!r}: use letters, digits, spaces and . , ( ) + - _ "
                                    "(at most 100 characters, not starting with a symbol)")
     if len((name + SUFFIX).encode()) > 200:  # file names are limited in bytes (255), and saving adds a temporary suffix
-        raise StyleComponentsError(f"preset name {name[:20]!r}...: too long for a file name")
+        raise StyleComponentsError(f"{what} name {name[:20]!r}...: too long for a file name")
     if name.split(".")[0].strip().upper() in _RESERVED:
-        raise StyleComponentsError(f"preset name {name!r}: a device name on Windows")
+        raise StyleComponentsError(f"{what} name {name!r}: a device name on Windows")
     return name
 
 

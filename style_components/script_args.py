@@ -278,8 +278,10 @@ def controls_from_infotext(text: str | None, find_model=None) -> tuple[dict, lis
                         f"({params.model_hash}): the image may not be reproduced")
     given = len(params.components) - next((i for i, c in enumerate(reversed(params.components)) if c), len(params.components))
     if params.seed is None and local is not None and getattr(local, "k", None) is not None and given > local.k:
-        problems.append(f"{given} component values, but model {local.name!r} has {local.k}: the style was made "
-                        f"with another model and this one will not reproduce it")
+        # cut as a model change cuts the sliders: kept on hidden sliders, they stopped every generation
+        problems.append(f"{given} component values, but model {local.name!r} has {local.k}: the last "
+                        f"{given - local.k} are not restored (the style was made with another model)")
+        params = replace(params, components=params.components[:local.k])
     if len(params.components) > MAX_COMPONENTS:  # a paste never raises into the host
         problems.append(f"{len(params.components)} components, the UI has {MAX_COMPONENTS} sliders: "
                         f"the last {len(params.components) - MAX_COMPONENTS} are not restored")

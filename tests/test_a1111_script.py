@@ -297,7 +297,14 @@ def test_a_pasted_infotexts_problems_are_shown_in_the_accordion_and_cleared_by_t
     wide = res.info.replace("components: 0.5", "components: " + "0.1 " * 200 + "0.5")
     assert "not restored" in message(infotext_utils.parse_generation_parameters(wide))
     more = res.info.replace("components: 0.5", "components: " + "0.1 " * 10 + "0.5")  # 40 values, K = 30
-    assert "40 component values, but model 'demo' has 30" in message(infotext_utils.parse_generation_parameters(more))
+    assert "40 component values, but model 'demo' has 30: the last 10 are not restored" in message(
+        infotext_utils.parse_generation_parameters(more))
+    # cut to the model's K, as a model change cuts the sliders (found in a real WebUI: kept on
+    # hidden sliders they stopped every generation with "40 component values given")
+    restored = dict(zip(sargs.ALL_NAMES, paste(env, more)))
+    assert [restored[f"c{i}"] for i in (1, 30, 31, 40)] == [0.1, 0.5, 0.0, 0.0]
+    _, again = generate(env, list(restored.values()))
+    assert "components: 0.1 " in again.info  # generated, styled with the 30 values it kept
     random_more = infotext_utils.parse_generation_parameters(more.replace("components: 0.1", "seed: 5, components: 0.1"))
     assert random_more[sargs.INFOTEXT_KEY].startswith("model: demo [") and "seed: 5" in random_more[sargs.INFOTEXT_KEY]
     assert message(random_more) == ""  # a random style draws the model's own K values

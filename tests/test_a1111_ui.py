@@ -94,6 +94,20 @@ def test_extension_tab_builds(module):
     assert tabs[0][1:] == ("Style Components", "style_components")
 
 
+def test_the_tabs_convert_button_names_what_is_wrong(module, tmp_path):
+    """Found in a real WebUI: a bad model name was called a "preset name", and an empty path
+    said "Error: .: is not a file"."""
+    with gr.Blocks() as page:
+        module.on_ui_tabs()
+    convert = next(f.fn for f in page.fns if f.fn is not None and f.fn.__name__ == "convert")
+    assert convert("Style space (PCA pickle)", str(tmp_path / "x.pkl"), "../x", "v0.3").startswith(
+        "Error: model name '../x': use letters")
+    assert convert("Style space (PCA pickle)", "  ", "mine", "v0.3") == (
+        "Error: no file given: put the original file's path on the server in the box")
+    assert "nope.pkl" in convert("Style space (PCA pickle)", str(tmp_path / "nope.pkl"), "mine", "v0.3")
+    assert not list(tmp_path.glob("*.safetensors"))
+
+
 @pytest.fixture(scope="module")
 def callbacks(tmp_path_factory):
     """The accordion's real gradio event handlers, by function name, over a models folder with 'demo'."""
@@ -133,6 +147,13 @@ def test_accordion_buttons_show_their_error_message(callbacks, tmp_path, monkeyp
         callbacks["on_import"]("demo", "abc")
     with pytest.raises(gr.Error, match="no reference images"):
         callbacks["on_extract"]("demo", None, "", "", progress=lambda *a, **k: None)
+    # found in a real WebUI: an empty box zeroed every slider without a word, and Export of a
+    # random style with seed -1 (each image its own) exported the unused sliders
+    for empty in ("", "  ", "[]"):
+        with pytest.raises(gr.Error, match="the vector box is empty"):
+            callbacks["on_import"]("demo", empty)
+    with pytest.raises(gr.Error, match="style seed -1 draws each image's own style"):
+        callbacks["on_export"]("demo", True, -1, *([0.5] * sargs.MAX_COMPONENTS))
     module = callbacks["env"]["module"]
 
     def embed():
