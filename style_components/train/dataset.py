@@ -7,7 +7,7 @@ Build it (reads installed themes, installs nothing; see tools/install_icon_theme
     style-components dataset OUT_DIR ...
     style-components dataset OUT_DIR --images my_images/ --size 128   # my_images/<artist>/*.png
 
-From folders: the sub-folder of OUT's --images an image is in (at any depth) is its artist, as
+From folders: the sub-folder of --images that an image is in (at any depth) is its artist, as
 the adapter trainer's `--reference group` reads them; each image is read and fitted whole in
 the square on the background as `iconN` extraction reads a reference; identical images are
 dropped as for icons; every `heldout_every`-th image of an artist, in the order of the files'
@@ -287,7 +287,7 @@ def build_from_folders(out_dir, images_dir, size: int = config.IMAGE_SIZE, heldo
     if heldout_every < 2:
         raise UsageError(f"--heldout-every {heldout_every}: every image would be held out, none left to train on")
     paths = image_files(images_dir)
-    loose = [p for p in paths if artist_of(p, images_dir) is None]
+    loose = {p for p in paths if artist_of(p, images_dir) is None}
     if loose:
         log(f"skipped {len(loose)} images directly in {images_dir}: an artist's images go in its sub-folder")
     rows, unreadable = _render([(artist_of(p, images_dir), p.relative_to(images_dir).with_suffix("").as_posix(), p)
@@ -320,7 +320,7 @@ def build_from_folders(out_dir, images_dir, size: int = config.IMAGE_SIZE, heldo
         "images": len(rows), "heldout_images": sum(r["heldout"] for r in rows),
         "images_per_theme": dict(Counter(r["theme"] for r in rows)),
         "dropped_identical_across_themes": dropped_shared, "dropped_copies_within_theme": dropped_copies,
-        "skipped_artists": lone, "skipped_loose_images": [str(p) for p in loose],
+        "skipped_artists": lone, "skipped_loose_images": sorted(map(str, loose)),
         "skipped_unreadable": sorted(unreadable),
     }
     _write(out_dir, sorted(rows, key=lambda r: (r["theme"], r["name"])), stats, shard_size)
