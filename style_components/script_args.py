@@ -92,12 +92,10 @@ def parse(args: Sequence, check: bool = False) -> ScriptArgs:
     if values["random"] is False and values["seed"] is None:
         values["seed"] = DEFAULTS["seed"]  # an emptied seed box is not read while Random is off
     v = {name: _check(name, values[name]) for name in ALL_NAMES}
-    components = [v[c] for c in COMPONENT_NAMES]
-    while components and components[-1] == 0.0:
-        components.pop()
+    components = _without_trailing_zeros([v[c] for c in COMPONENT_NAMES])
     if v["blocks"] not in BLOCK_PRESETS:
         raise ArgumentError(f"blocks: {v['blocks']!r} is not one of {', '.join(BLOCK_PRESETS)}")
-    params = StyleParams(model=v["model"], components=tuple(components), multiplier=v["multiplier"],
+    params = StyleParams(model=v["model"], components=components, multiplier=v["multiplier"],
                          strength=v["strength"], blocks=v["blocks"],
                          block_weights=v["block_weights"] if v["blocks"] == "custom" else (),
                          start=v["start"], end=v["end"], seed=v["seed"] if v["random"] else None,
@@ -259,6 +257,14 @@ def from_original_extension(d: Mapping) -> str | None:
     return params.to_infotext()
 
 
+def _without_trailing_zeros(values) -> tuple[float, ...]:
+    """Slider values as a style: the zeros after the last moved slider say nothing."""
+    values = list(values)
+    while values and values[-1] == 0.0:
+        values.pop()
+    return tuple(values)
+
+
 def controls_from_infotext(text: str | None, find_model=None) -> tuple[dict, list[str]]:
     """Control values (by argument name) from the infotext entry; ({}, []) when absent.
     find_model(name, hash) -> the local model (.name, .hash) or None: a renamed model file is
@@ -276,7 +282,7 @@ def controls_from_infotext(text: str | None, find_model=None) -> tuple[dict, lis
     elif local is not None and params.model_hash and local.hash.lower() != params.model_hash.lower():
         problems.append(f"model {params.model!r} here is another file (hash {local.hash}) than the image's "
                         f"({params.model_hash}): the image may not be reproduced")
-    given = len(params.components) - next((i for i, c in enumerate(reversed(params.components)) if c), len(params.components))
+    given = len(_without_trailing_zeros(params.components))
     if params.seed is None and local is not None and getattr(local, "k", None) is not None and given > local.k:
         # cut as a model change cuts the sliders: kept on hidden sliders, they stopped every generation
         problems.append(f"{given} component values, but model {local.name!r} has {local.k}: the last "
