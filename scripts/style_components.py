@@ -217,9 +217,10 @@ class StyleComponentsScript(scripts.Script):
         @user_errors
         def on_import(name, text):
             # also the original extension's form, pasted from its infotext: "[0.12, -1.5, ...]"
-            if not (text or "").strip('"[] \n'):
+            text = (text or "").strip().strip('"[]')
+            if not text.strip():
                 raise webui.StyleComponentsError("Import: the vector box is empty (Zero sets every slider to 0)")
-            return slider_updates(name, sargs.numbers("components", (text or "").strip().strip('"[]')), "Import")
+            return slider_updates(name, sargs.numbers("components", text), "Import")
 
         @user_errors
         def on_export(name, is_random, seed_value, *values):
