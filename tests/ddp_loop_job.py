@@ -39,6 +39,24 @@ whole = gather_keeping_grad(accelerator, local)
 supcon_loss(whole, accelerator.gather(torch.tensor([0, 1, rank]))).backward()
 record["gathered"] = {"shape": list(whole.shape), "own_part_is_local": bool(torch.equal(whole[3 * rank:3 * rank + 3], local)),
                       "grad_norm": float(local.grad.norm())}
+# `train --loss ce`: the theme directions live beside the encoder, read by the loss, not by forward;
+# their gradients must still be averaged, or each process would learn its own
+from style_components.train.classify import WithThemeHead, cosine_ce_loss  # noqa: E402
+torch.manual_seed(0)
+ce_model = WithThemeHead(torch.nn.Linear(4, 3), themes=2, dim=3)
+ce_start = ce_model.directions.detach().clone()
+ce_optimizer = torch.optim.SGD(ce_model.parameters(), lr=0.5)
+
+
+def ce_loss(step, model):
+    x = torch.randn(4, 4, generator=torch.Generator().manual_seed(100 * rank + step))   # each process its own batch
+    return cosine_ce_loss(model(x).view(2, 2, 3), accelerator.unwrap_model(model).directions, torch.tensor([0, 1]))
+
+
+loop.run(accelerator, out / "ce" / f"rank{rank}", ce_model, ce_optimizer, ce_loss, steps=3, settings={},
+         title="ce", progress=False)
+record["ce"] = {"directions": ce_model.directions.tolist(), "encoder": ce_model.encoder.weight.tolist(),
+                "moved": float((ce_model.directions.detach() - ce_start).abs().max())}
 # rank 0's clock says the time is up after the first step, rank 1's never does
 record["stopped_at"] = train("stop", 10, 1e-9 if rank == 0 else 1e6)
 (out / f"rank{rank}.json").write_text(json.dumps(record))

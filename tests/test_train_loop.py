@@ -61,3 +61,12 @@ def test_the_encoders_global_batch_keeps_each_processs_gradient(two_processes):
     for rank, record in enumerate(two_processes):
         got = record["gathered"]
         assert got["shape"] == [6, 2, 4] and got["own_part_is_local"] and got["grad_norm"] > 0, rank
+
+
+def test_the_cross_entropy_heads_directions_stay_one_across_processes(two_processes):
+    """`train --loss ce` reads the theme directions in the loss, outside forward: their gradient
+    must be averaged like the encoder's, or each process would end with its own head."""
+    first, second = (rank["ce"] for rank in two_processes)
+    assert first["moved"] > 1e-3
+    for key in ("directions", "encoder"):
+        assert torch.allclose(torch.tensor(first[key]), torch.tensor(second[key]), atol=1e-6), key

@@ -55,7 +55,10 @@ def fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-themes", type=positive_int, default=19, help="themes per batch")
     p.add_argument("--per-theme", type=positive_int, default=4, help="images per theme per batch (x2 views)")
     p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--temperature", type=float, default=0.1)
+    p.add_argument("--loss", choices=("supcon", "ce"), default="supcon",
+                   help="supcon: supervised contrastive; ce: cosine-softmax cross-entropy over the themes "
+                        "(learns faster on the icons, see MODEL_CARD.md)")
+    p.add_argument("--temperature", type=float, default=0.1, help="of the loss's cosine logits")
     p.add_argument("--dim", type=positive_int, default=128, help="embedding size")
     p.add_argument("--width", type=positive_int, default=16, help="channels of the first stage (x2 per stage)")
     p.add_argument("--depth", type=positive_int, default=2, help="conv layers per stage")

@@ -1,4 +1,4 @@
-"""Train the style encoder with SupCon (theme = label) under `accelerate`, with checkpoints and resume.
+"""Train the style encoder (theme = label; SupCon, or `--loss ce`) under `accelerate`, with checkpoints and resume.
 
     style-components train DATA_DIR RUN_DIR [--steps N] [--batch-themes P --per-theme K] ...
 
@@ -20,6 +20,7 @@ import torch
 
 from ..errors import UsageError
 from . import config, dataset, encoder, loop
+from .classify import WithThemeHead, cosine_ce_loss
 from .supcon import supcon_loss
 
 
@@ -74,6 +75,8 @@ def train(args: argparse.Namespace) -> dict:
 
     kwargs = encoder.model_kwargs(dim=args.dim, width=args.width, depth=args.depth, hidden=args.hidden)
     model = encoder.build(encoder.ARCHITECTURE, kwargs)
+    if args.loss == "ce":   # one learned direction per theme beside the encoder; not exported
+        model = WithThemeHead(model, len(data.themes), args.dim)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
 
     def loss_fn(step: int, model) -> torch.Tensor:
@@ -84,11 +87,14 @@ def train(args: argparse.Namespace) -> dict:
         views = torch.stack([encoder.augment(x, views_rng), encoder.augment(x, views_rng)], 1)  # [B, 2, 3, S, S]
         emb = model(views.flatten(0, 1)).view(len(idx), 2, -1)
         y = labels[idx].to(accelerator.device)
+        if args.loss == "ce":                   # per-sample: each process's own batch is enough
+            return cosine_ce_loss(emb, accelerator.unwrap_model(model).directions, y, args.temperature)
         if accelerator.num_processes > 1:       # SupCon contrasts the whole global batch
             emb, y = gather_keeping_grad(accelerator, emb), accelerator.gather(y)
         return supcon_loss(emb, y, args.temperature)
 
     def held_out_top1(model) -> float:
+        model = getattr(model, "encoder", model)
         return knn_top1(encoder.embed(model, train_part.images, size=args.size), train_part.labels,
                         encoder.embed(model, held.images, size=args.size), held.labels)
 
@@ -96,13 +102,16 @@ def train(args: argparse.Namespace) -> dict:
                 "batch_themes": args.batch_themes, "per_theme": args.per_theme, "seed": args.seed}
     if args.size != config.INPUT_SIZE:  # only then: checkpoints of 64 px runs resume as before
         settings["size"] = args.size
+    if args.loss != "supcon":           # likewise
+        settings["loss"] = args.loss
     result = loop.run(accelerator, args.run_dir, model, optimizer, loss_fn, steps=args.steps, settings=settings,
-                      title="style encoder (SupCon)", save_every=args.save_every, max_minutes=args.max_minutes,
+                      title=f"style encoder ({'SupCon' if args.loss == 'supcon' else 'cosine-softmax CE'})", save_every=args.save_every, max_minutes=args.max_minutes,
                       progress=not args.no_progress, restart=args.restart, evaluate=held_out_top1,
                       eval_every=args.eval_every, eval_label="held-out 1-NN top-1")
     if result["finished"] and accelerator.is_main_process:
         path = Path(args.run_dir) / "extractor.safetensors"
-        export(accelerator.unwrap_model(model), path, kwargs, args.name, fp16=not args.fp32, size=args.size)
+        trained = accelerator.unwrap_model(model)
+        export(getattr(trained, "encoder", trained), path, kwargs, args.name, fp16=not args.fp32, size=args.size)
         result["extractor"] = str(path)
         accelerator.print(f"wrote {path}")
     return result
