@@ -58,7 +58,10 @@ def test_the_reference_icons_draw_other_subjects_than_the_rows():
 
 
 def test_demo_strength_reaches_every_styled_column(tmp_path):
-    """--strength 0: every styled cell is the base cell of its row, bit for bit; the default differs."""
+    """--strength 0: every styled cell is the base cell of its row; the default differs. The base
+    column is drawn in a batch of its own (6 icons, the styled ones in one of 66), and batch maths
+    may round differently by a level on some CPUs (seen 2026-12-02: 11 of 66 cells off by 1), so
+    this allows one level; test_strength_zero_is_the_base_bit_for_bit holds the bits in one batch."""
     cell, grids = 32 * 2 + 2, {}
     for strength in ("0", None):
         out = tmp_path / f"demo_{strength}.png"
@@ -67,7 +70,7 @@ def test_demo_strength_reaches_every_styled_column(tmp_path):
         pixels = np.asarray(Image.open(out))[16:, 100:]
         columns = (pixels.shape[1] - 2) // cell
         grids[strength] = [pixels[:, c * cell:(c + 1) * cell + 2] for c in range(columns)]
-    assert all(np.array_equal(col, grids["0"][0]) for col in grids["0"][1:])
+    assert all(np.abs(col.astype(int) - grids["0"][0]).max() <= 1 for col in grids["0"][1:])
     assert np.array_equal(grids[None][0], grids["0"][0])            # the base column ignores strength
     assert all(np.abs(col.astype(int) - grids[None][0]).mean() > 1 for col in grids[None][1:])
 
