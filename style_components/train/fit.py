@@ -105,7 +105,8 @@ def train(args: argparse.Namespace) -> dict:
     if args.loss != "supcon":           # likewise
         settings["loss"] = args.loss
     result = loop.run(accelerator, args.run_dir, model, optimizer, loss_fn, steps=args.steps, settings=settings,
-                      title=f"style encoder ({'SupCon' if args.loss == 'supcon' else 'cosine-softmax CE'})", save_every=args.save_every, max_minutes=args.max_minutes,
+                      title=f"style encoder ({'SupCon' if args.loss == 'supcon' else 'cosine-softmax CE'})",
+                      save_every=args.save_every, max_minutes=args.max_minutes,
                       progress=not args.no_progress, restart=args.restart, evaluate=held_out_top1,
                       eval_every=args.eval_every, eval_label="held-out 1-NN top-1")
     if result["finished"] and accelerator.is_main_process:
