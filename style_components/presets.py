@@ -19,7 +19,7 @@ from .errors import StyleComponentsError
 FORMAT = "style-components-preset"
 SUFFIX = ".style.safetensors"
 _NAME = re.compile(r"^[\w][\w .,()+-]{0,99}$")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")  # what Pillow reads; also artists' folders (train.dataset)
 
 
 @dataclass(frozen=True)

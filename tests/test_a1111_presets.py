@@ -76,6 +76,16 @@ def test_folder_without_images_is_a_clear_error(tmp_path):
         presets.images_in(tmp_path)
 
 
+def test_a_reference_folder_takes_what_a_training_folder_takes(tmp_path):
+    """One list of image suffixes: a TIFF the trainer reads is also a reference image; other files are not."""
+    from PIL import Image
+
+    for name in ("a.png", "b.TIF", "c.tiff", "d.webp"):
+        Image.new("RGB", (8, 8), "red").save(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert [p.name for p in presets.images_in(tmp_path)] == ["a.png", "b.TIF", "c.tiff", "d.webp"]
+
+
 @pytest.mark.parametrize("values", [[0.5, float("nan")], [float("inf")], [1e39], []])
 def test_values_that_would_not_load_are_refused_before_writing(tmp_path, values):
     """Found in review: a preset with NaN was written, then failed to load: a file left behind that

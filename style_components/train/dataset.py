@@ -51,10 +51,10 @@ from PIL import Image
 
 from ..errors import StyleComponentsError, UsageError
 from ..extract import fit_icon
+from ..presets import IMAGE_SUFFIXES
 from . import config
 
 EXTENSIONS = (".svg", ".png")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")  # artists' folders
 
 
 # --- index.theme ---------------------------------------------------------------------------
