@@ -40,3 +40,8 @@ class WithThemeHead(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
+
+
+def encoder_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The encoder inside a WithThemeHead, or the model itself (a SupCon run has no head)."""
+    return model.encoder if isinstance(model, WithThemeHead) else model

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import UsageError
 from . import config, dataset, encoder, loop
-from .classify import WithThemeHead, cosine_ce_loss
+from .classify import WithThemeHead, cosine_ce_loss, encoder_of
 from .supcon import supcon_loss
 
 
@@ -94,7 +94,7 @@ def train(args: argparse.Namespace) -> dict:
         return supcon_loss(emb, y, args.temperature)
 
     def held_out_top1(model) -> float:
-        model = getattr(model, "encoder", model)
+        model = encoder_of(model)
         return knn_top1(encoder.embed(model, train_part.images, size=args.size), train_part.labels,
                         encoder.embed(model, held.images, size=args.size), held.labels)
 
@@ -112,7 +112,7 @@ def train(args: argparse.Namespace) -> dict:
     if result["finished"] and accelerator.is_main_process:
         path = Path(args.run_dir) / "extractor.safetensors"
         trained = accelerator.unwrap_model(model)
-        export(getattr(trained, "encoder", trained), path, kwargs, args.name, fp16=not args.fp32, size=args.size)
+        export(encoder_of(trained), path, kwargs, args.name, fp16=not args.fp32, size=args.size)
         result["extractor"] = str(path)
         accelerator.print(f"wrote {path}")
     return result
