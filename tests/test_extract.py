@@ -605,7 +605,7 @@ def test_cli_extract_names_a_dimension_mismatch(saved, tmp_path, capsys):
 
 
 def test_shipped_demo_extractor_loads_from_the_core_alone():
-    """models/demo's encoder names the project's own architecture and icon64 rule; no training import needed."""
+    """models/demo's encoder names the project's own architecture and icon128 rule; no training import needed."""
     import subprocess
     from pathlib import Path
 
@@ -616,4 +616,4 @@ def test_shipped_demo_extractor_loads_from_the_core_alone():
             "assert 'style_components.train' not in sys.modules; print(e.preprocess, v.shape[0])")
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["icon64", "128"]
+    assert out.stdout.split() == ["icon128", "128"]
