@@ -117,3 +117,9 @@ def make_icon_tree(root: Path) -> dict:
     os.symlink("folder.png", root / "Beta/48x48/apps/inode-directory.png")
     return {"alpha-icon-theme": [root / "Alpha", root / "Alpha-Dark"], "beta-icon-theme": [root / "Beta"],
             "gamma-icon-theme": [root / "Gamma"], "delta-icon-theme": [root / "Delta"]}
+
+
+def tiny_encoder_args(batch_themes: int = 4) -> list[str]:
+    """`train` options for a style encoder small enough to train in seconds on the fixture."""
+    return ["--width", "8", "--dim", "16", "--batch-themes", str(batch_themes), "--per-theme", "2",
+            "--no-progress", "--cpu"]

@@ -8,12 +8,13 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from icon_fixture import tiny_encoder_args
 from style_components import cli
 from style_components.extract import Extractor
 from style_components.train import dataset
 from style_components.train.classify import WithThemeHead, cosine_ce_loss
 
-TINY = ["--width", "8", "--dim", "16", "--batch-themes", "4", "--per-theme", "2", "--no-progress", "--cpu"]
+TINY = tiny_encoder_args()
 
 
 def direct_cosine_ce(features, directions, labels, temperature):

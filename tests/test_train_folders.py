@@ -8,13 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from icon_fixture import STYLES, SUBJECTS, draw_icon
+from icon_fixture import STYLES, SUBJECTS, draw_icon, tiny_encoder_args
 from style_components import cli
 from style_components.extract import Extractor
 from style_components.space import StyleSpace
 from style_components.train import dataset
 
-TINY = ["--width", "8", "--dim", "16", "--batch-themes", "3", "--per-theme", "2", "--no-progress", "--cpu"]
+TINY = tiny_encoder_args(3)
 
 
 def _artwork(shape, style, size=40, wide=False):

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from icon_fixture import tiny_encoder_args
 from style_components import cli
 from style_components.extract import Extractor
 from style_components.space import StyleSpace
 from style_components.train import atlas, config, dataset, encoder, pca
 
-TINY = ["--width", "8", "--dim", "16", "--batch-themes", "4", "--per-theme", "2", "--no-progress", "--cpu"]
+TINY = tiny_encoder_args()
 
 
 @pytest.fixture(scope="module")
