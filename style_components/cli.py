@@ -191,7 +191,7 @@ def _demo(args: argparse.Namespace) -> None:
 def _add_strength(parser: argparse.ArgumentParser) -> None:
     # None = demo.STRENGTH, read when the command runs: importing torch here would slow every --help
     parser.add_argument("--strength", type=float, default=None,
-                        help="style strength (default: the demo adapter's best, 2; see its model card)")
+                        help="style strength (default: the demo adapter's best, 1.5; see its model card)")
 
 
 def _strength(args: argparse.Namespace) -> float:

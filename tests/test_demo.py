@@ -208,11 +208,12 @@ def test_the_schedule_and_the_sweep_are_what_they_say(models, monkeypatch):
 
 def test_a_slider_moves_what_it_measures(models):
     """Component 1 (paper <-> moka) set to -2, 0, +2 (others 0) at the demo's strength: the style
-    encoder measures component 1 of the generated icons rising (evaluate --adapter at strength 2:
-    Spearman 0.9 over 8 held-out names x 2 seeds; here -1.44, -1.23, -1.05). At strength 1 these
+    encoder measures component 1 of the generated icons rising (evaluate --adapter at strength 1.5:
+    Spearman 0.9 over 8 held-out names x 2 seeds; here -1.37, -1.21, -1.13). At strength 1 these
     four names measure -1.30, -1.20, -1.32: the slider is monotone there only over the held-out
     protocol (fidelity.json), so the test holds the product's default. Tolerance: the +2 mean
-    exceeds the -2 mean by 0.25 and the middle lies between, on 4 names."""
+    exceeds the -2 mean by 0.2 and the middle lies between, on 4 names. (Until the default moved
+    from 2 to 1.5 on 2026-12-03 the margin was 0.25; at 2 these names measure -1.44, -1.23, -1.05.)"""
     from style_components.demo import STRENGTH
 
     k, names = 0, ["folder", "computer", "printer", "go-next"]
@@ -224,7 +225,7 @@ def test_a_slider_moves_what_it_measures(models):
                           strength=STRENGTH)
         measured.append(float(models.space.to_components(models.extractor.embed_each(list(images)))[:, k].mean()))
     low, mid, high = measured
-    assert low < mid < high and high - low > 0.25, measured
+    assert low < mid < high and high - low > 0.2, measured
 
 
 @pytest.mark.parametrize("argv, message", [
