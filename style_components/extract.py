@@ -33,7 +33,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 V03_AREA = (518 * 1.3) ** 2  # target pixel count of v0.3 inputs
 PATCH = 14                   # v0.3 sizes are whole ViT patches
 V02_SHORT_SIDE = 336
-ICON_SIDES = (64, 128)       # icon encoders' input sides (iconN rules; icon64: the demo's encoder)
+ICON_SIDES = (64, 128, 192)  # icon encoders' input sides (iconN rules; icon128: the demo's encoder)
 
 ImageInput = Union[Image.Image, str, Path, np.ndarray]
 

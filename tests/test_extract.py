@@ -117,10 +117,10 @@ def test_v02_short_side_is_336():
 
 
 def test_registry_and_unknown_preprocessing():
-    assert set(PREPROCESS) == {"v0.2", "v0.3", "icon64", "icon128"}
-    assert preprocess_image(noise_image(50, 80), "icon64").shape == (3, 64, 64)
-    assert preprocess_image(noise_image(50, 80), "icon128").shape == (3, 128, 128)
-    with pytest.raises(ValueError, match="unknown preprocessing 'v0.9'.*icon128, icon64, v0.2, v0.3"):
+    assert set(PREPROCESS) == {"v0.2", "v0.3", "icon64", "icon128", "icon192"}
+    for side in (64, 128, 192):
+        assert preprocess_image(noise_image(50, 80), f"icon{side}").shape == (3, side, side)
+    with pytest.raises(ValueError, match="unknown preprocessing 'v0.9'.*icon128, icon192, icon64, v0.2, v0.3"):
         preprocess_image(noise_image(50, 50), "v0.9")
 
 

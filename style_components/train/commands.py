@@ -64,7 +64,7 @@ def fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth", type=positive_int, default=2, help="conv layers per stage")
     p.add_argument("--hidden", type=int, default=0, help="hidden units of an MLP head (0: linear head)")
     p.add_argument("--size", type=positive_int, default=config.INPUT_SIZE,
-                   help="input side in px, 64 or 128 (build the dataset at that --size too)")
+                   help="input side in px, 64, 128 or 192 (build the dataset at that --size too)")
     p.add_argument("--eval-every", type=int, default=250, help="held-out kNN every N steps (0: never)")
     p.add_argument("--name", default="icon-style-encoder", help="extractor display name")
     p.add_argument("--fp32", action="store_true", help="export float32 weights (default float16)")

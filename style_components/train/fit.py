@@ -63,7 +63,7 @@ def train(args: argparse.Namespace) -> dict:
     from ..extract import ICON_SIDES
 
     if args.size not in ICON_SIDES:
-        raise UsageError(f"--size {args.size}: an icon encoder takes {' or '.join(map(str, ICON_SIDES))} px")
+        raise UsageError(f"--size {args.size}: an icon encoder takes {', '.join(map(str, ICON_SIDES))} px")
     accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision)
     set_seed(args.seed)
     data = dataset.load(args.data)
