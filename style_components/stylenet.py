@@ -19,6 +19,9 @@ import torch
 from torch import nn
 
 ARCHITECTURE = "style_statnet"
+# Convolutions run channels-last: on a CPU (oneDNN) a training step at 192 px is 1.5x faster, and
+# 2x with bf16 autocast (benchmarks/encoder_step.py). Only the speed changes, not the function.
+MEMORY_FORMAT = torch.channels_last
 
 
 def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -55,6 +58,7 @@ class StyleStatNet(nn.Module):
             self.head = nn.Linear(self.num_features, self.num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=MEMORY_FORMAT)
         feats = [_stats(x)]
         for stage in self.stages:
             x = stage(x)

@@ -4,6 +4,7 @@ widths, shading) drawing the same named subjects. No rsvg, no apt packages neede
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -123,3 +124,15 @@ def tiny_encoder_args(batch_themes: int = 4) -> list[str]:
     """`train` options for a style encoder small enough to train in seconds on the fixture."""
     return ["--width", "8", "--dim", "16", "--batch-themes", str(batch_themes), "--per-theme", "2",
             "--no-progress", "--cpu"]
+
+
+@contextmanager
+def own_accelerator_state():
+    """accelerate keeps one precision per process (a command is one); a test that runs commands of
+    two precisions gives each a fresh state, and leaves none behind."""
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        yield
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)

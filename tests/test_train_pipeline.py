@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from icon_fixture import tiny_encoder_args
+from icon_fixture import own_accelerator_state, tiny_encoder_args
 from style_components import cli
 from style_components.extract import Extractor
 from style_components.space import StyleSpace
@@ -202,6 +202,45 @@ def test_style_statnet_is_a_timm_model_pooling_statistics():
     assert torch.allclose(feats[:, :6], want, atol=1e-4)
     # statistics pool over positions: a horizontally flipped image gives the same input statistics
     assert torch.allclose(model.forward_features(x.flip(-1))[:, :6], feats[:, :6], atol=1e-5)
+
+
+def test_statnet_convolves_channels_last_with_the_same_result(monkeypatch):
+    """Channels-last is a speed setting (benchmarks/encoder_step.py): the stages run in it, and the
+    embedding is the contiguous layout's to float rounding, in training and in eval mode."""
+    from style_components import stylenet
+    model = encoder.build(encoder.ARCHITECTURE, encoder.model_kwargs(dim=8, width=4, depth=1))
+    x = torch.randn(4, 3, 32, 32)
+    layouts = []
+    model.stages[0].register_forward_hook(
+        lambda m, i, out: layouts.append(out.is_contiguous(memory_format=torch.channels_last)))
+    for train in (True, False):
+        model.train(train)
+        fast = model(x)
+        monkeypatch.setattr(stylenet, "MEMORY_FORMAT", torch.contiguous_format)
+        plain = model(x)
+        monkeypatch.setattr(stylenet, "MEMORY_FORMAT", torch.channels_last)
+        assert torch.allclose(fast, plain, atol=1e-5) and not torch.equal(fast, torch.zeros_like(fast))
+    assert layouts == [True, False, True, False]
+
+
+def test_train_in_bf16_autocast_on_the_cpu(data_dir, tmp_path):
+    """`--mixed-precision bf16`: the encoder's convolutions in bf16 (2x a step on a CPU with
+    avx512_bf16, benchmarks/encoder_step.py), the loss and the exported extractor in float."""
+    losses = {}
+    for precision in ("bf16", "no"):
+        run = tmp_path / precision
+        args = ["train", str(data_dir), str(run), "--steps", "2", "--eval-every", "2", "--mixed-precision", precision, *TINY]
+        with own_accelerator_state():
+            assert cli.main(args) == 0
+        history = json.loads((run / "history.json").read_text())
+        assert all(np.isfinite(history["loss"])) and 0 <= history["eval"][0] <= 1
+        losses[precision] = np.array(history["loss"])
+    # the same seed's batches: bf16 rounding moves the loss (so autocast ran), a little
+    assert not np.array_equal(losses["bf16"], losses["no"])
+    assert np.allclose(losses["bf16"], losses["no"], rtol=0.05)
+    run = tmp_path / "bf16"
+    ex = Extractor.load(run / "extractor.safetensors")
+    assert torch.isfinite(ex.embed_one(dataset.load(data_dir).images[0])).all()
 
 
 def test_statnet_mlp_head_saves_and_loads_through_the_extractor_format(tmp_path):

@@ -12,6 +12,7 @@ from style_components import cli, models
 from style_components.adapter import Adapter
 from style_components.layers import find_attn2
 from style_components.train import sd1
+from icon_fixture import own_accelerator_state
 from unets import SMALL_SD1_DIFFUSERS
 
 transformers = pytest.importorskip("transformers")
@@ -161,12 +162,8 @@ def test_train_adapter_on_an_fp16_sd1_folder_in_mixed_precision(tmp_path, data_d
              "--steps", "1", "--no-progress", "--cpu"]
     for out, precision in ((tmp_path / "fp32", []), (tmp_path / "bf16", ["--mixed-precision", "bf16"])):
         train[2] = str(out)
-        from accelerate.state import AcceleratorState
-        AcceleratorState._reset_state(reset_partial_state=True)  # one precision per process: a command is one
-        try:
+        with own_accelerator_state():
             assert cli.main(train + precision) == 0
-        finally:
-            AcceleratorState._reset_state(reset_partial_state=True)
         assert np.isfinite(json.loads((out / "history.json").read_text())["loss"]).all()
         settings = torch.load(out / "checkpoint.pt", weights_only=True)["settings"]
         assert (settings["batch"], settings["lr"]) == (8, 1e-4)
