@@ -38,7 +38,8 @@ def freed_memory_kept(active: bool = True):
     Every step allocates activations of hundreds of MB (the encoder at 192 px: 150 MB a layer);
     glibc serves blocks over 32 MB with mmap and unmaps them when freed, so each step
     page-faults all of them in again, and a third of the CPU went to the kernel. Kept in the heap,
-    a 192 px encoder step is 1.7x faster (benchmarks/encoder_step.py). The defaults come back
+    a 192 px encoder step is 1.9x faster (benchmarks/encoder_step.py); the price is resident memory
+    at the step's peak plus fragmentation (3.4 -> 6.5 GB at 192 px, README). The defaults come back
     afterwards: a host process that trains in-process keeps its own allocator behaviour. Elsewhere
     than glibc (macOS, musl) this does nothing."""
     libc = _glibc() if active else None
