@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 ARCHITECTURE = "style_statnet"
-# Convolutions run channels-last: on a CPU (oneDNN) a training step at 192 px is 1.5x faster, and
-# 2x with bf16 autocast (benchmarks/encoder_step.py). Only the speed changes, not the function.
+# Convolutions run channels-last: on a CPU (oneDNN) a training step at 192 px is 1.4x faster
+# (benchmarks/encoder_step.py). Only the speed changes, not the function.
 MEMORY_FORMAT = torch.channels_last
 
 

@@ -224,7 +224,7 @@ def test_statnet_convolves_channels_last_with_the_same_result(monkeypatch):
 
 
 def test_train_in_bf16_autocast_on_the_cpu(data_dir, tmp_path):
-    """`--mixed-precision bf16`: the encoder's convolutions in bf16 (2x a step on a CPU with
+    """`--mixed-precision bf16`: the encoder's convolutions in bf16 (1.5x a step on a CPU with
     avx512_bf16, benchmarks/encoder_step.py), the loss and the exported extractor in float."""
     losses = {}
     for precision in ("bf16", "no"):
