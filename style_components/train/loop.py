@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import json
 import math
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from ..errors import UsageError
 # glibc's mallopt parameters and their defaults (malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 TRIM_THRESHOLD_DEFAULT, MMAP_MAX_DEFAULT = 128 * 1024, 65536
+KEEP_FREED_MEMORY = "STYLE_COMPONENTS_KEEP_FREED_MEMORY"   # "0" leaves glibc's defaults alone
 
 
 @contextmanager
@@ -41,8 +43,9 @@ def freed_memory_kept(active: bool = True):
     a 192 px encoder step is 1.9x faster (benchmarks/encoder_step.py); the price is resident memory
     at the step's peak plus fragmentation (3.4 -> 6.5 GB at 192 px, README). The defaults come back
     afterwards: a host process that trains in-process keeps its own allocator behaviour. Elsewhere
-    than glibc (macOS, musl) this does nothing."""
-    libc = _glibc() if active else None
+    than glibc (macOS, musl) this does nothing, nor with STYLE_COMPONENTS_KEEP_FREED_MEMORY=0 (for
+    a machine short of memory: slower steps at the lower peak)."""
+    libc = _glibc() if active and os.environ.get(KEEP_FREED_MEMORY, "1") != "0" else None
     if libc is not None:
         libc.mallopt(M_MMAP_MAX, 0)               # large blocks from the heap, reused
         libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1)  # and the heap not trimmed after each step
