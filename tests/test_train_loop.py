@@ -106,15 +106,15 @@ def test_cpu_training_takes_large_blocks_from_the_heap_and_gives_the_defaults_ba
     step in the kernel); inside the loop's scope they come from the heap (and the freed block is
     reused), after it from mmap again. In a fresh process: a heap that earlier tests grew serves
     64 MB from its free chunks whatever the settings."""
-    def check(**env) -> list:
+    def check(setting: str) -> list:  # set either way: a tester's own environment must not decide
         out = subprocess.run([sys.executable, "-c", HEAP_CHECK], capture_output=True, text=True, check=True,
-                             env={**os.environ, **env}).stdout
+                             env={**os.environ, loop.KEEP_FREED_MEMORY: setting}).stdout
         return ast.literal_eval(out)
 
     big = 64 << 20
-    before, kept, inside, reused, after, kept_off, off = check()
+    before, kept, inside, reused, after, kept_off, off = check("1")
     assert before >= big and kept and inside == reused == 0 and after >= big
     assert not kept_off and off >= big
     # the opt-out for a machine short of memory: mmap throughout
-    before, kept, inside, reused, after, kept_off, off = check(**{loop.KEEP_FREED_MEMORY: "0"})
+    before, kept, inside, reused, after, kept_off, off = check("0")
     assert not kept and min(before, inside, reused, after) >= big
