@@ -187,6 +187,42 @@ def test_augment_keeps_colours_and_background():
     assert rows > 8 and cols > 8 and abs(rows - cols) <= 1
 
 
+def test_low_res_views_are_the_icon_shrunk_and_scaled_back_as_to_input_scales_a_small_icon():
+    rng = np.random.default_rng(0)
+    icons = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    x = encoder.to_input(icons, 32)
+    assert torch.equal(encoder.low_res(x, torch.Generator().manual_seed(0), p=0.0), x)
+    # every view at half the side: exactly what `to_input` makes of the 16 px area average
+    halved = torch.from_numpy(icons).permute(0, 3, 1, 2).float()
+    halved = torch.nn.functional.avg_pool2d(halved, 2).permute(0, 2, 3, 1).numpy()
+    shrunk = encoder.low_res(x, torch.Generator().manual_seed(0), p=1.0, smallest=16)
+    assert torch.allclose(shrunk, encoder.to_input(halved, 32), atol=1e-5)
+    # a fraction of the views, each at a side in [smallest, S/2], within to_input's range
+    x = encoder.to_input(rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), 32)
+    some = encoder.low_res(x, torch.Generator().manual_seed(3), p=0.5, smallest=8)
+    changed = (some != x).flatten(1).any(1)
+    assert 0 < changed.sum() < len(x) and torch.equal(some[~changed], x[~changed])
+    lo, hi = encoder.to_input(np.zeros((1, 1, 1, 3), np.uint8), 1), encoder.to_input(np.full((1, 1, 1, 3), 255, np.uint8), 1)
+    assert (some >= lo - 1e-6).all() and (some <= hi + 1e-6).all()
+
+
+def test_train_low_res_option_is_wired_and_checked(data_dir, tmp_path, capsys):
+    losses = {}
+    for p in ("0", "1"):
+        run = tmp_path / p
+        with own_accelerator_state():
+            assert cli.main(["train", str(data_dir), str(run), "--steps", "2", "--eval-every", "0", "--fp32",
+                             "--low-res", p, *TINY]) == 0
+        losses[p] = json.loads((run / "history.json").read_text())["loss"]
+    assert losses["0"] != losses["1"]          # the same batches, other views
+    with own_accelerator_state():              # a resume must not change the views' rule
+        assert cli.main(["train", str(data_dir), str(tmp_path / "1"), "--steps", "3", "--eval-every", "0",
+                         "--fp32", *TINY]) == 2
+    assert "low_res" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["train", str(data_dir), str(tmp_path / "x"), "--low-res", "1.5", *TINY])
+
+
 def test_style_statnet_is_a_timm_model_pooling_statistics():
     import timm
     assert timm.is_model(encoder.ARCHITECTURE)

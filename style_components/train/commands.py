@@ -17,6 +17,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def fraction(text: str) -> float:
+    """An argparse type: a probability."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a fraction between 0 and 1")
+    return value
+
+
 def module_main(module: str, doc: str, add_arguments: Callable[[argparse.ArgumentParser], None],
                 run: Callable[[argparse.Namespace], object], argv: Sequence[str] | None = None) -> int:
     """`python -m style_components.train.<module>`: the same arguments as its CLI subcommand."""
@@ -65,6 +73,9 @@ def fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=int, default=0, help="hidden units of an MLP head (0: linear head)")
     p.add_argument("--size", type=positive_int, default=config.INPUT_SIZE,
                    help="input side in px, 64, 128 or 192 (build the dataset at that --size too)")
+    p.add_argument("--low-res", type=fraction, default=0.0, metavar="P",
+                   help="fraction of views shrunk to 32 px..half the side and scaled back, so the encoder "
+                        "also reads thumbnails and the demo world's 32 px icons (default 0)")
     p.add_argument("--eval-every", type=int, default=250, help="held-out kNN every N steps (0: never)")
     p.add_argument("--name", default="icon-style-encoder", help="extractor display name")
     p.add_argument("--fp32", action="store_true", help="export float32 weights (default float16)")

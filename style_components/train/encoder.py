@@ -97,6 +97,27 @@ def augment(x: torch.Tensor, generator: torch.Generator | None = None, scale=(0.
     return out + bg
 
 
+def low_res(x: torch.Tensor, generator: torch.Generator | None = None, p: float = 0.5,
+            smallest: int = 32) -> torch.Tensor:
+    """A fraction p of the views area-averaged to a random side in [smallest, S/2] and scaled back
+    as `to_input` scales a small icon (bicubic, clamped): the same style seen as a thumbnail or at
+    the demo world's 32 px, so that one encoder reads full-size references and small icons alike."""
+    n, side = x.shape[0], x.shape[-1]
+    pick = torch.rand(n, generator=generator) < p
+    sides = torch.randint(smallest, max(smallest, side // 2) + 1, (n,), generator=generator)
+    if not pick.any():
+        return x
+    m = torch.tensor(extract.IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(extract.IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    out = x.clone()
+    for small in sides[pick].unique().tolist():      # one resize per side, not per image
+        rows = torch.nonzero(pick & (sides == small)).flatten().to(x.device)
+        shrunk = F.interpolate(x[rows], size=(small, small), mode="area")
+        grown = F.interpolate(shrunk, size=(side, side), mode="bicubic", align_corners=False)
+        out[rows] = torch.maximum(torch.minimum(grown, (1 - m) / s), -m / s)   # to_input's clamp to [0, 1]
+    return out
+
+
 # --- embedding ----------------------------------------------------------------------------
 
 TTA_VIEWS: tuple[tuple[float, bool], ...] = ((1.0, False), (1.0, True), (1.15, False), (1.15, True))

@@ -79,12 +79,16 @@ def train(args: argparse.Namespace) -> dict:
         model = WithThemeHead(model, len(data.themes), args.dim)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
 
+    def view(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        x = encoder.augment(x, rng)
+        return encoder.low_res(x, rng, args.low_res) if args.low_res else x
+
     def loss_fn(step: int, model) -> torch.Tensor:
         rng = loop.batch_rng(args.seed, step, accelerator.process_index)
         idx = balanced_batch(rng, by_theme, args.batch_themes, args.per_theme)
         views_rng = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
         x = encoder.to_input(train_part.images[idx], args.size).to(accelerator.device)
-        views = torch.stack([encoder.augment(x, views_rng), encoder.augment(x, views_rng)], 1)  # [B, 2, 3, S, S]
+        views = torch.stack([view(x, views_rng), view(x, views_rng)], 1)  # [B, 2, 3, S, S]
         emb = model(views.flatten(0, 1)).view(len(idx), 2, -1)
         y = labels[idx].to(accelerator.device)
         if args.loss == "ce":                   # per-sample: each process's own batch is enough
@@ -104,6 +108,8 @@ def train(args: argparse.Namespace) -> dict:
         settings["size"] = args.size
     if args.loss != "supcon":           # likewise
         settings["loss"] = args.loss
+    if args.low_res:
+        settings["low_res"] = args.low_res
     result = loop.run(accelerator, args.run_dir, model, optimizer, loss_fn, steps=args.steps, settings=settings,
                       title=f"style encoder ({'SupCon' if args.loss == 'supcon' else 'cosine-softmax CE'})",
                       save_every=args.save_every, max_minutes=args.max_minutes,
