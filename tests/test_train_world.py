@@ -255,6 +255,18 @@ def test_a_real_icon_is_not_judged_against_a_mean_that_holds_itself():
     assert fidelity.nearest_mean(real[2:], real, labels).tolist() == [1]               # generated: all icons count
 
 
+def test_a_spearman_of_exactly_0_8_meets_the_slider_goal():
+    """Found on a real report: five sweep values whose ranks give rho 0.8, which scipy computes as
+    0.7999999999999999, read as a missed goal."""
+    rho = fidelity.spearman(fidelity.SWEEP, [0.81, 0.79, 1.11, 2.09, 1.76])
+    assert rho < 0.8 and abs(rho - 0.8) < 1e-12                       # the float scipy gives
+    met = fidelity.goals(0.30, 19, 0.4, {"c1": 1.0, "c2": rho})
+    assert met == {"retrieval >= 5x chance": True, "frechet adapter <= 0.5x base": True,
+                   "spearman >= 0.8 on top-5": True}
+    missed = fidelity.goals(0.25, 19, 0.6, {"c1": 1.0, "c2": fidelity.spearman(fidelity.SWEEP, [0, 3, 1, 4, 2])})
+    assert not any(missed.values())                                   # 0.25 < 5/19, 0.6 > 0.5, rho 0.5
+
+
 @pytest.mark.parametrize("prediction", ["v_prediction", "epsilon"])
 def test_diffusion_loss_weightings_against_a_direct_computation(prediction):
     """min-SNR-gamma (the default) and plain (snr_gamma 0) against the formulas, for both targets."""

@@ -122,6 +122,15 @@ def slider_response(draw, measure, start: torch.Tensor, components: int) -> dict
             "gain": {k: slope(SWEEP, m) for k, m in means.items()}}
 
 
+def goals(retrieval: float, themes: int, frechet_ratio: float, rhos: dict) -> dict:
+    """The issue's three goals. Spearman over the five sweep values moves in steps of 0.05, and
+    scipy computes 0.8 as 0.7999999999999999: compared with a tolerance, or it fails a met goal."""
+    tol = 1e-9
+    return {"retrieval >= 5x chance": retrieval >= 5 / themes - tol,
+            "frechet adapter <= 0.5x base": frechet_ratio <= 0.5 + tol,
+            "spearman >= 0.8 on top-5": all(r >= 0.8 - tol for r in rhos.values())}
+
+
 def most_drawn(data, n: int, heldout: bool = True) -> list[str]:
     """The n names drawn by the most themes, among the held-out (or the training) names."""
     counts: dict[str, int] = {}
@@ -248,11 +257,7 @@ def evaluate(data, world, adapter, extractor, space, n_names: int = 8, seeds_per
     report["content_accuracy"] = {"adapter": float((clf.predict(features(styled)) == truth).mean()),
                                   "base": float((clf.predict(features(base)) == truth).mean()),
                                   "chance": 1 / len(names)}
-    report["goals"] = {
-        "retrieval >= 5x chance": report["retrieval_top1"]["adapter"] >= 5 / len(themes),
-        "frechet adapter <= 0.5x base": report["frechet_ratio"] <= 0.5,
-        "spearman >= 0.8 on top-5": all(r >= 0.8 for r in rhos.values()),
-    }
+    report["goals"] = goals(report["retrieval_top1"]["adapter"], len(themes), report["frechet_ratio"], rhos)
     report["_images"] = {"styled": styled, "base": base, "asked": asked, "names": job_names}
     return report
 
