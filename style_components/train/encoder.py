@@ -63,9 +63,14 @@ def to_input(images_u8: torch.Tensor | np.ndarray, size: int = config.INPUT_SIZE
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False,
                           antialias=x.shape[-1] > size).clamp(0, 1)
-    m = torch.tensor(extract.IMAGENET_MEAN).view(1, 3, 1, 1)
-    s = torch.tensor(extract.IMAGENET_STD).view(1, 3, 1, 1)
+    m, s = mean_std()
     return (x - m) / s
+
+
+def mean_std(device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input normalisation's per-channel mean and std, shaped [1, 3, 1, 1]."""
+    as_channels = lambda v: torch.tensor(v, device=device, dtype=dtype).view(1, 3, 1, 1)  # noqa: E731
+    return as_channels(extract.IMAGENET_MEAN), as_channels(extract.IMAGENET_STD)
 
 
 def background_value() -> torch.Tensor:
@@ -107,8 +112,7 @@ def low_res(x: torch.Tensor, generator: torch.Generator | None = None, p: float 
     sides = torch.randint(smallest, max(smallest, side // 2) + 1, (n,), generator=generator)
     if not pick.any():
         return x
-    m = torch.tensor(extract.IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(extract.IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    m, s = mean_std(x.device, x.dtype)
     out = x.clone()
     for small in sides[pick].unique().tolist():      # one resize per side, not per image
         rows = torch.nonzero(pick & (sides == small)).flatten().to(x.device)
