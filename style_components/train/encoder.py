@@ -74,8 +74,8 @@ def mean_std(device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tens
 
 
 def background_value() -> torch.Tensor:
-    bg = torch.tensor(config.BACKGROUND, dtype=torch.float32) / 255
-    return ((bg - torch.tensor(extract.IMAGENET_MEAN)) / torch.tensor(extract.IMAGENET_STD)).view(1, 3, 1, 1)
+    m, s = mean_std()
+    return (torch.tensor(config.BACKGROUND, dtype=torch.float32).view(1, 3, 1, 1) / 255 - m) / s
 
 
 def augment(x: torch.Tensor, generator: torch.Generator | None = None, scale=(0.7, 1.25),
