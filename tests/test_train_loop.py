@@ -85,10 +85,13 @@ class MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2 (malloc.h)
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
 
-def mapped():  # bytes of glibc's mmapped blocks (hblkhd: all arenas) a fresh 64 MB tensor adds
-    before = libc.mallinfo2().hblkhd
-    tensor = torch.empty(64 << 20, dtype=torch.uint8)
-    return libc.mallinfo2().hblkhd - before
+def mapped():  # was a fresh block of at least 64 MB mmapped (hblkhd: all arenas)?
+    # Larger than all the heap's free chunks, or glibc serves it from one of them whatever the
+    # settings: whether a block freed earlier was trimmed depends on frees Python happens to make.
+    info = libc.mallinfo2()
+    size = max(64 << 20, info.fordblks + (1 << 20))
+    tensor = torch.empty(size, dtype=torch.uint8)
+    return libc.mallinfo2().hblkhd - info.hblkhd >= size
 
 seen = [mapped()]
 with loop.freed_memory_kept() as kept:
@@ -105,16 +108,15 @@ def test_cpu_training_takes_large_blocks_from_the_heap_and_gives_the_defaults_ba
     """Large activations were mmapped and unmapped every step (page faults: a third of a CPU
     step in the kernel); inside the loop's scope they come from the heap (and the freed block is
     reused), after it from mmap again. In a fresh process: a heap that earlier tests grew serves
-    64 MB from its free chunks whatever the settings."""
+    large blocks from its free chunks whatever the settings."""
     def check(setting: str) -> list:  # set either way: a tester's own environment must not decide
         out = subprocess.run([sys.executable, "-c", HEAP_CHECK], capture_output=True, text=True, check=True,
                              env={**os.environ, loop.KEEP_FREED_MEMORY: setting}).stdout
         return ast.literal_eval(out)
 
-    big = 64 << 20
     before, kept, inside, reused, after, kept_off, off = check("1")
-    assert before >= big and kept and inside == reused == 0 and after >= big
-    assert not kept_off and off >= big
+    assert before and kept and not inside and not reused and after
+    assert not kept_off and off
     # the opt-out for a machine short of memory: mmap throughout
     before, kept, inside, reused, after, kept_off, off = check("0")
-    assert not kept and min(before, inside, reused, after) >= big
+    assert not kept and before and inside and reused and after
