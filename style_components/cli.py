@@ -217,7 +217,15 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
     demo.set_defaults(run=_demo)
 
 
+STYLE_SHAPING = ("strength", "preset", "start", "end")
+
+
 def _generate(args: argparse.Namespace) -> None:
+    if args.ref and args.components:
+        raise StyleComponentsError("give --components or --ref, not both")
+    shaping = [f"--{name}" for name in STYLE_SHAPING if getattr(args, name) is not None]
+    if shaping and not (args.ref or args.components):  # they would be ignored: say so, not draw the base
+        raise StyleComponentsError(f"{', '.join(shaping)}: only with a style (give --components or --ref)")
     import torch
     from PIL import Image
 
@@ -229,8 +237,6 @@ def _generate(args: argparse.Namespace) -> None:
     unknown = sorted({w for n in args.names for w in models.world.text.unknown_words(n)})
     if unknown:
         print(f"note: words the base model never saw: {', '.join(unknown)}", file=sys.stderr)
-    if args.ref and args.components:
-        raise StyleComponentsError("give --components or --ref, not both")
     styles = None
     if args.ref:
         paths, weights = zip(*args.ref)
@@ -246,7 +252,8 @@ def _generate(args: argparse.Namespace) -> None:
     images = generate(models.world, names, seeds, steps=args.steps, guidance=args.guidance,
                       adapter=models.adapter if styles is not None else None,
                       styles=None if styles is None else styles.expand(len(names), -1),
-                      strength=_strength(args), weights=args.preset, start=args.start, end=args.end)
+                      strength=_strength(args), weights=args.preset or "all",
+                      start=0.0 if args.start is None else args.start, end=1.0 if args.end is None else args.end)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid(images, len(args.names), scale=args.zoom)).save(args.out)
     if styles is not None:
@@ -263,9 +270,10 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
     gen.add_argument("--ref", nargs="+", type=_weighted_image, metavar="IMAGE[:WEIGHT]",
                      help="reference images whose style is extracted")
     _add_strength(gen)
-    gen.add_argument("--preset", default="all", choices=PRESET_NAMES, help="block preset of the per-layer weights")
-    gen.add_argument("--start", type=float, default=0.0, help="style on from this fraction of the steps")
-    gen.add_argument("--end", type=float, default=1.0, help="style off from this fraction of the steps")
+    # None = unset (all, 0, 1): given without a style they are an error, not silently ignored
+    gen.add_argument("--preset", choices=PRESET_NAMES, help="block preset of the per-layer weights (default all)")
+    gen.add_argument("--start", type=float, help="style on from this fraction of the steps (default 0)")
+    gen.add_argument("--end", type=float, help="style off from this fraction of the steps (default 1)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--n", type=positive_int, default=4, help="images per name")
     gen.add_argument("--steps", type=sampler_steps, default=20)

@@ -236,6 +236,10 @@ def test_a_slider_moves_what_it_measures(models):
     (["generate", "folder", "--out", "x.jpgx"], "x.jpgx: not an image file name Pillow can write"),
     (["generate", "folder", "--components", "1", "--start", "0.8", "--end", "0.2", "--steps", "1"],
      "style range 0.8-0.2: need 0 <= start <= end <= 1"),
+    # found in review: without a style these were ignored and the base drawn, exit 0
+    (["generate", "folder", "--strength", "2"], "--strength: only with a style (give --components or --ref)"),
+    (["generate", "folder", "--preset", "style", "--end", "0.5"],
+     "--preset, --end: only with a style (give --components or --ref)"),
 ])
 def test_wrong_demo_and_generate_arguments_are_one_line(argv, message, tmp_path, capsys):
     """Found in review: each of these was a traceback (or, for --component 0, a sweep of the last
