@@ -223,6 +223,20 @@ def test_train_low_res_option_is_wired_and_checked(data_dir, tmp_path, capsys):
         cli.main(["train", str(data_dir), str(tmp_path / "x"), "--low-res", "1.5", *TINY])
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["pca", "d", "e.safetensors", "o.safetensors", "--variance", "90"], "90.0 is not a fraction between 0 and 1"),
+    (["train-base", "d", "r", "--autoencoder", "a", "--caption-dropout", "1.5"], "1.5 is not a fraction"),
+    (["train", "d", "r", "--temperature", "0"], "0.0 is not a number above 0"),
+    (["train", "d", "r", "--temperature", "nan"], "nan is not a number above 0"),
+])
+def test_fractions_and_divisors_are_checked_when_parsed(argv, message, capsys):
+    """Found in review: `--variance 90` (meaning 90 %) kept max-k components, `--caption-dropout 1.5`
+    trained a base that never saw a name, `--temperature 0` divided by zero: all without a word."""
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
 def test_style_statnet_is_a_timm_model_pooling_statistics():
     import timm
     assert timm.is_model(encoder.ARCHITECTURE)

@@ -17,6 +17,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """An argparse type: a divisor or scale that must be above 0 (nan is not)."""
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} is not a number above 0")
+    return value
+
+
 def fraction(text: str) -> float:
     """An argparse type: a probability."""
     value = float(text)
@@ -66,7 +74,7 @@ def fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loss", choices=("supcon", "ce"), default="supcon",
                    help="supcon: supervised contrastive; ce: cosine-softmax cross-entropy over the themes "
                         "(learns faster on the icons, see MODEL_CARD.md)")
-    p.add_argument("--temperature", type=float, default=0.1, help="of the loss's cosine logits")
+    p.add_argument("--temperature", type=positive_float, default=0.1, help="of the loss's cosine logits")
     p.add_argument("--dim", type=positive_int, default=128, help="embedding size")
     p.add_argument("--width", type=positive_int, default=16, help="channels of the first stage (x2 per stage)")
     p.add_argument("--depth", type=positive_int, default=2, help="conv layers per stage")
@@ -102,7 +110,7 @@ def pca_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("extractor", help="extractor .safetensors")
     p.add_argument("out", help="style-space .safetensors to write (a .json with the choice of K beside it)")
     p.add_argument("--k", type=positive_int, help="number of components (default: by --variance)")
-    p.add_argument("--variance", type=float, default=0.9, help="fraction of variance K must reach")
+    p.add_argument("--variance", type=fraction, default=0.9, help="fraction of variance K must reach (0.9, not 90)")
     p.add_argument("--max-k", type=positive_int, default=30, help="upper bound on K")
     p.add_argument("--name", help="display name")
 
@@ -161,7 +169,7 @@ def base_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--autoencoder", required=True, help="autoencoder.safetensors from train-autoencoder")
     p.add_argument("--width", type=positive_int, help="UNet model_channels, a multiple of 32 (default 32, the CPU "
                                              "world; the shipped world, trained on a GPU, has 64)")
-    p.add_argument("--caption-dropout", type=float, default=0.1, help="fraction of names dropped (for CFG)")
+    p.add_argument("--caption-dropout", type=fraction, default=0.1, help="fraction of names dropped (for CFG)")
     p.add_argument("--samples", type=int, default=12, help="icon names in samples.png (0: no samples)")
     _weighting_argument(p)
     _loop_arguments(p, steps=2400, batch=128, lr=5e-4)
