@@ -2,6 +2,7 @@
 pca, atlas; plus the PCA round trip through StyleSpace and the atlas files."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -401,3 +402,45 @@ def test_handmade_features_measure_colour_size_and_outline():
     assert dark.tolist() == pytest.approx([0, 0, 0, 1])
     # an icon of background alone has no colour at all
     assert handmade_features(np.full((1, 8, 8, 3), 255, np.uint8))[0, :86] == pytest.approx(0)
+
+
+def test_device_script_packs_the_dataset_trains_stops_and_resumes_from_returned_files(data_dir, tmp_path):
+    """tools/device_encoder.sh is the one prepared call for a lent GPU: the dataset travels packed,
+    a run stopped by MINUTES comes back as files and resumes from them in a later call. Here on the
+    CPU with the fixture (the recipe's options overridden after it)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = tmp_path / "repo"
+    (repo / "tools").mkdir(parents=True)
+    script = repo / "tools" / "device_encoder.sh"
+    shutil.copy(Path(__file__).parents[1] / "tools" / "device_encoder.sh", script)
+    env = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path),
+           "PYTHONPATH": str(Path(__file__).parents[1])}
+
+    def call(*args, out=None):
+        if out is not None:
+            out.mkdir()
+        return subprocess.run(["bash", str(script), *args], capture_output=True, text=True,
+                              env={**env, **({"OUT": str(out)} if out else {})})
+
+    assert call("pack", str(data_dir)).returncode == 0
+    assert (repo / ".gpu" / "dataset.tar.xz").stat().st_size > 0
+    assert call("pack", str(tmp_path)).returncode == 2                 # no dataset there: usage, no archive
+    tiny = ["--size", "64", "--eval-every", "1", "--fp32", *TINY]
+    first = call("train", "3", "1e-9", *tiny, out=tmp_path / "out1")  # stops after step 1
+    assert first.returncode == 0, first.stderr
+    assert "stopped after --max-minutes at step 1/3" in first.stdout
+    returned = {p.name for p in (tmp_path / "out1").iterdir()}
+    assert returned == {"history.json", "loss.png", "checkpoint.pt"}, returned
+    shutil.copytree(tmp_path / "out1", repo / ".gpu" / "run")
+    second = call("train", "3", "60", *tiny, out=tmp_path / "out2")
+    assert second.returncode == 0, second.stderr
+    assert "resumed from" in second.stdout and "at step 1" in second.stdout
+    history = json.loads((tmp_path / "out2" / "history.json").read_text())
+    assert history["step"] == [1, 2, 3] and history["eval_step"] == [1, 2, 3]
+    extractor = Extractor.load(tmp_path / "out2" / "extractor.safetensors")
+    assert extractor.dim == 16 and extractor.preprocess == config.PREPROCESS_NAME   # the 64 px rule
+    failed = call("train", "3", "60", "--width", "0", out=tmp_path / "out3")
+    assert failed.returncode == 2 and "--width" in failed.stderr     # the command's own code comes back
